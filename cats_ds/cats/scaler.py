@@ -1,0 +1,422 @@
+"""CATS task scaling: primal-dual updates of per-task gradient scales from a Gram matrix.
+
+Pure torch, float64, CPU, deterministic: every data-parallel rank that feeds the
+same (all-reduced) inputs computes bit-identical scales. No DeepSpeed, no
+process group.
+
+Formulation (docs: /work/shared/DESIGN.md, "CATS as implemented here"), with
+N tasks, scales s = N * alpha and alpha on the floored simplex
+{sum alpha = 1, alpha_n >= alpha_min}:
+
+    minimize_alpha f(alpha)  subject to  c(alpha) = s^T G s / eps - 1 <= 0
+    grad_alpha c = 2 N (G s) / eps
+    alpha  <- Proj(alpha - lr_alpha * (grad f + lambda * grad_alpha c))
+    lambda <- max(0, lambda + lr_lambda * c(alpha_new))
+
+Objectives: ``lookahead`` f = -(d^T s)/eps with d = meta_dots (None: d = G 1),
+grad f = -N d / eps; ``weighted_loss`` grad f = L / mean(L); ``robust``
+grad f = -L / mean(L).
+
+A task is *absent* from a step when its gradient is exactly zero, i.e.
+G[n, n] == 0 (its Gram row and column are then zero). The step has no
+information about an absent task, so its alpha is frozen: only the present
+tasks' alphas move, projected onto the floored simplex with the mass they hold
+together. Without the freeze the literal formula would shift weight away from
+every task that was merely not sampled (its gradient entries are 0 while the
+others' are negative under ``lookahead``), which penalises rarely sampled,
+i.e. low-resource, tasks. Losses of absent tasks are ignored and may be NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EPSILON_MODES = ("relative", "absolute")
+OBJECTIVES = ("lookahead", "weighted_loss", "robust")
+META_SOURCES = ("dev", "train")
+GRAM_MODES = ("full", "diagonal")
+BUFFER_DTYPES = ("fp32", "bf16", "fp16")
+
+# Slack allowed when checking that a floor or a loaded alpha is feasible:
+# sums of float64 alphas drift by a few ulps.
+_FEASIBILITY_TOL = 1e-9
+
+ArrayLike = torch.Tensor | Sequence[float]
+
+
+def _config_error(key: str, value: Any, requirement: str) -> ValueError:
+    return ValueError(f"CATSConfig.{key} must be {requirement}, got {value!r}")
+
+
+def _check_real(key: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Raise unless value is a finite real number in the interval [low, high] (ends as given)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    requirement = f"a finite number in {left}{low}, {high}{right}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _config_error(key, value, requirement)
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        raise _config_error(key, value, requirement)
+
+
+def _check_int(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _config_error(key, value, f"an integer >= {low}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise _config_error(key, value, f"one of {choices}")
+
+
+@dataclass
+class CATSConfig:
+    """Settings of the CATS task scaler.
+
+    Defaults, and why:
+
+    - ``lr_alpha = 0.01``: f and c are normalized by eps, so their gradients
+      are O(1) per task and alpha moves about lr_alpha * (spread of the
+      gradient entries) per update: 0.1 to 1 of probability mass within 100
+      updates, clearly visible for N up to a few tens. Stability of the
+      curvature term needs roughly lr_alpha * lambda * 2N * (largest
+      eigenvalue of G / eps) < 2; for uncorrelated tasks that is
+      lr_alpha < 1 / (lambda * N), so lower lr_alpha for N >> 50.
+    - ``lr_lambda = 0.1``: c is a relative excess (c = 0.1 means 10% sharper
+      than allowed), so lambda reaches O(1), where lambda * grad c balances
+      grad f, within tens of violating updates.
+    - ``epsilon = 1.0`` with ``epsilon_mode = "relative"``: eps = rho * EMA of
+      1^T G 1, so at rho = 1 the rescaled update may be no sharper than plain
+      training's. ``epsilon`` is rho in relative mode and the fixed eps (in
+      squared-gradient-norm units) in absolute mode.
+    - ``ema_decay = 0.9``: averages about 10 steps of 1^T G 1, smoothing
+      batch noise while following the gradient norm as training shrinks it.
+    - ``alpha_min = 0.0``: valid for every N (it must lie in [0, 1/N], checked
+      by TaskScaler); set e.g. 0.1/N to keep every task trained.
+    - ``warmup_steps = 0``, ``interval = 1``: update at every step; raise
+      interval to amortize the dev-batch cost of ``lookahead``.
+    - ``objective = "lookahead"`` with ``meta_source = "dev"``: with
+      training-batch meta gradients the lookahead optimum is s = 1 (no-op).
+
+    ``meta_source`` (where meta losses and the meta gradient h come from),
+    ``cosine_every`` (how often the trainer logs the cosine matrix),
+    ``buffer_dtype`` (dtype of the per-task partition buffers: fp32, bf16 or
+    fp16), ``meta_tokens_per_task`` (source+target tokens of each task's dev
+    batch, all ranks together) and ``enabled`` are read by the trainer; a
+    disabled TaskScaler keeps s = 1.
+    """
+
+    enabled: bool = True
+    lr_alpha: float = 0.01
+    lr_lambda: float = 0.1
+    epsilon: float = 1.0
+    epsilon_mode: str = "relative"
+    ema_decay: float = 0.9
+    alpha_min: float = 0.0
+    warmup_steps: int = 0
+    interval: int = 1
+    objective: str = "lookahead"
+    meta_source: str = "dev"
+    gram: str = "full"
+    cosine_every: int = 10
+    buffer_dtype: str = "fp32"
+    meta_tokens_per_task: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise _config_error("enabled", self.enabled, "a bool")
+        _check_real("lr_alpha", self.lr_alpha, 0.0, math.inf)
+        _check_real("lr_lambda", self.lr_lambda, 0.0, math.inf)
+        _check_real("epsilon", self.epsilon, 0.0, math.inf, low_open=True)
+        _check_choice("epsilon_mode", self.epsilon_mode, EPSILON_MODES)
+        _check_real("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+        _check_real("alpha_min", self.alpha_min, 0.0, 1.0)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_int("interval", self.interval, 1)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("meta_source", self.meta_source, META_SOURCES)
+        _check_choice("buffer_dtype", self.buffer_dtype, BUFFER_DTYPES)
+        _check_int("meta_tokens_per_task", self.meta_tokens_per_task, 1)
+        _check_choice("gram", self.gram, GRAM_MODES)
+        _check_int("cosine_every", self.cosine_every, 1)
+
+
+def project_floored_simplex(v: ArrayLike, floor: float, mass: float = 1.0) -> torch.Tensor:
+    """Euclidean projection of v onto {x : sum x = mass, x_i >= floor}, as float64.
+
+    Shifts by the floor and projects onto the simplex of mass
+    ``mass - len(v) * floor`` with the sort-based algorithm (Held et al. 1974;
+    Duchi et al. 2008): x = max(v - floor - theta, 0) + floor for the unique
+    threshold theta that gives the right mass.
+    """
+    values = torch.as_tensor(v, dtype=torch.float64).detach().cpu()
+    if values.dim() != 1 or values.numel() == 0:
+        raise ValueError(f"project_floored_simplex: v must be a non-empty 1-D vector, got shape {tuple(values.shape)}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("project_floored_simplex: v contains non-finite values")
+    if not (math.isfinite(floor) and floor >= 0.0):
+        raise ValueError(f"project_floored_simplex: floor must be finite and >= 0, got {floor!r}")
+    free_mass = mass - values.numel() * floor
+    if not math.isfinite(mass) or free_mass < -_FEASIBILITY_TOL:
+        raise ValueError(f"project_floored_simplex: mass {mass!r} is below len(v) * floor = {values.numel() * floor!r}")
+    if free_mass <= 0.0:
+        return torch.full_like(values, floor)
+    shifted = values - floor
+    descending = torch.sort(shifted, descending=True).values
+    excess = torch.cumsum(descending, dim=0) - free_mass
+    ranks = torch.arange(1, values.numel() + 1, dtype=torch.float64)
+    # The support size is the largest k whose k-th largest entry stays positive
+    # after subtracting the threshold that the top k entries would need. k = 1
+    # always qualifies (its margin is the free mass), also when rounding hides it.
+    qualifies = descending - excess / ranks > 0
+    qualifies[0] = True
+    support = int(qualifies.nonzero().max()) + 1
+    theta = excess[support - 1] / support
+    return torch.clamp(shifted - theta, min=0.0) + floor
+
+
+def _as_float64(name: str, value: ArrayLike, shape: tuple[int, ...]) -> torch.Tensor:
+    tensor = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float64)
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"TaskScaler.update: {name} must have shape {shape}, got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _optional_float(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+class TaskScaler:
+    """Holds alpha and lambda for N tasks and updates them from per-step Gram matrices.
+
+    ``update`` returns the scales s = N * alpha as a float64 CPU tensor (a
+    fresh copy; callers convert to their dtype and device).
+    """
+
+    def __init__(self, config: CATSConfig, num_tasks: int) -> None:
+        if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"TaskScaler: num_tasks must be an integer >= 1, got {num_tasks!r}")
+        if config.alpha_min * num_tasks > 1.0 + _FEASIBILITY_TOL:
+            raise ValueError(
+                f"CATSConfig.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}], got {config.alpha_min!r}")
+        self.config = config
+        self.num_tasks = num_tasks
+        self._alpha = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+        self._lam = 0.0
+        self._ema_plain_sq_norm: float | None = None  # EMA of 1^T G 1
+        self._step = 0  # number of update() calls
+        self._num_updates = 0  # primal-dual steps applied
+        self._num_skipped = 0  # calls whose inputs were unusable
+        self._last_eps: float | None = None
+        self._last_constraint: float | None = None  # c at the alpha the last step produced
+        self._last_curvature: float | None = None  # s^T G s at that alpha
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return self.num_tasks * self._alpha
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self._alpha.clone()
+
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    @property
+    def num_skipped(self) -> int:
+        return self._num_skipped
+
+    @property
+    def eps(self) -> float | None:
+        """The eps the next primal-dual step would use if 1^T G 1 did not change; None before any input."""
+        if self.config.epsilon_mode == "absolute":
+            return float(self.config.epsilon)
+        if self._ema_plain_sq_norm is None:
+            return None
+        return self.config.epsilon * self._ema_plain_sq_norm
+
+    @property
+    def last_constraint(self) -> float | None:
+        return self._last_constraint
+
+    @property
+    def last_curvature(self) -> float | None:
+        return self._last_curvature
+
+    def update_due(self) -> bool:
+        """True when the next update() call will run a primal-dual step (so it needs dev meta_dots)."""
+        next_step = self._step + 1
+        past_warmup = next_step - self.config.warmup_steps
+        return self.config.enabled and past_warmup > 0 and past_warmup % self.config.interval == 0
+
+    def describe(self) -> dict[str, float]:
+        """Scalars for logging; NaN where not yet defined."""
+        return {
+            "lambda": self._lam,
+            "eps": _optional_float(self._last_eps),
+            "constraint": _optional_float(self._last_constraint),
+            "curvature": _optional_float(self._last_curvature),
+            "ema_plain_sq_norm": _optional_float(self._ema_plain_sq_norm),
+            "steps": float(self._step),
+            "updates": float(self._num_updates),
+            "skipped": float(self._num_skipped),
+        }
+
+    def update(self, losses: ArrayLike, gram: ArrayLike, meta_dots: ArrayLike | None = None) -> torch.Tensor:
+        """Feed one optimizer step's losses [N], Gram matrix [N, N] and meta dots [N]; return scales [N].
+
+        Every call advances the step counter. Finite inputs update the EMA of
+        1^T G 1; the primal-dual step runs only on steps after warmup_steps
+        that fall on the interval. Non-finite inputs (losses of absent tasks
+        excepted) change nothing but the step and skipped counters.
+        """
+        update_due = self.update_due()
+        self._step += 1
+        if not self.config.enabled:
+            return self.scales
+        n = self.num_tasks
+        losses64 = _as_float64("losses", losses, (n,))
+        gram64 = self._prepare_gram(_as_float64("gram", gram, (n, n)))
+        dots64 = None if meta_dots is None else _as_float64("meta_dots", meta_dots, (n,))
+        if not bool(torch.isfinite(gram64).all()):
+            return self._skip("the Gram matrix is non-finite")
+        present = torch.diagonal(gram64) > 0.0
+        if not bool(torch.isfinite(losses64[present]).all()):
+            return self._skip("a present task's loss is non-finite")
+        if dots64 is not None and not bool(torch.isfinite(dots64).all()):
+            return self._skip("meta_dots is non-finite")
+        self._update_ema(float(gram64.sum()))
+        if update_due:
+            self._primal_dual_step(losses64, gram64, dots64, present)
+        return self.scales
+
+    def _prepare_gram(self, gram: torch.Tensor) -> torch.Tensor:
+        # The partial Grams summed over ranks are symmetric only up to rounding;
+        # grad c = 2N G s assumes symmetry.
+        symmetric = 0.5 * (gram + gram.T)
+        if self.config.gram == "diagonal":
+            return torch.diag(torch.diagonal(symmetric))
+        return symmetric
+
+    def _update_ema(self, plain_sq_norm: float) -> None:
+        if self._ema_plain_sq_norm is None:
+            self._ema_plain_sq_norm = plain_sq_norm  # no zero-initialization bias
+            return
+        decay = self.config.ema_decay
+        self._ema_plain_sq_norm = decay * self._ema_plain_sq_norm + (1.0 - decay) * plain_sq_norm
+
+    def _skip(self, reason: str) -> torch.Tensor:
+        self._num_skipped += 1
+        logger.warning("CATS step %d skipped: %s; alpha and lambda unchanged (%d skipped so far)",
+                       self._step, reason, self._num_skipped)
+        return self.scales
+
+    def _objective_grad(self, losses: torch.Tensor, gram: torch.Tensor, meta_dots: torch.Tensor | None,
+                        eps: float, present: torch.Tensor) -> torch.Tensor | None:
+        """grad_alpha f on the present tasks (zero elsewhere); None when mean(L) <= 0."""
+        n = self.num_tasks
+        if self.config.objective == "lookahead":
+            dots = gram.sum(dim=1) if meta_dots is None else meta_dots
+            return -n * dots / eps
+        grad = torch.zeros(n, dtype=torch.float64)
+        mean_loss = float(losses[present].mean())
+        if not mean_loss > 0.0:
+            return None
+        sign = 1.0 if self.config.objective == "weighted_loss" else -1.0
+        grad[present] = sign * losses[present] / mean_loss
+        return grad
+
+    def _primal_dual_step(self, losses: torch.Tensor, gram: torch.Tensor, meta_dots: torch.Tensor | None,
+                          present: torch.Tensor) -> None:
+        eps = self.eps
+        if eps is None or not eps > 0.0:
+            self._skip(f"eps = {eps!r} is not positive")
+            return
+        if not bool(present.any()):
+            self._skip("no task has a nonzero gradient")
+            return
+        grad_f = self._objective_grad(losses, gram, meta_dots, eps, present)
+        if grad_f is None:
+            self._skip("the mean loss of the present tasks is not positive")
+            return
+        n = self.num_tasks
+        grad_c = 2.0 * n * (gram @ self.scales) / eps
+        step_target = self._alpha - self.config.lr_alpha * (grad_f + self._lam * grad_c)
+        # Absent tasks keep their alpha; present ones share the mass they hold.
+        new_alpha = self._alpha.clone()
+        present_mass = 1.0 - float(self._alpha[~present].sum())
+        new_alpha[present] = project_floored_simplex(step_target[present], self.config.alpha_min, present_mass)
+        self._alpha = new_alpha
+        # The dual step evaluates c at the NEW alpha (alternating primal-dual):
+        # lambda reacts to the curvature of the scales that will actually be applied.
+        new_scales = self.scales
+        curvature = float(new_scales @ gram @ new_scales)
+        constraint = curvature / eps - 1.0
+        self._lam = max(0.0, self._lam + self.config.lr_lambda * constraint)
+        self._last_eps, self._last_curvature, self._last_constraint = eps, curvature, constraint
+        self._num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "num_tasks": self.num_tasks,
+            "alpha": self._alpha.clone(),
+            "lam": self._lam,
+            "ema_plain_sq_norm": self._ema_plain_sq_norm,
+            "step": self._step,
+            "num_updates": self._num_updates,
+            "num_skipped": self._num_skipped,
+            "last_eps": self._last_eps,
+            "last_constraint": self._last_constraint,
+            "last_curvature": self._last_curvature,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in self.state_dict() if key not in state]
+        if missing:
+            raise ValueError(f"TaskScaler.load_state_dict: missing keys {missing}")
+        if state["num_tasks"] != self.num_tasks:
+            raise ValueError(
+                f"TaskScaler.load_state_dict: num_tasks is {state['num_tasks']!r}, this scaler has {self.num_tasks}")
+        alpha = torch.as_tensor(state["alpha"]).detach().to(device="cpu", dtype=torch.float64).clone()
+        self._check_loaded_alpha(alpha)
+        lam = float(state["lam"])
+        if not (math.isfinite(lam) and lam >= 0.0):
+            raise ValueError(f"TaskScaler.load_state_dict: lam must be finite and >= 0, got {lam!r}")
+        self._alpha = alpha
+        self._lam = lam
+        self._ema_plain_sq_norm = state["ema_plain_sq_norm"]
+        self._step = int(state["step"])
+        self._num_updates = int(state["num_updates"])
+        self._num_skipped = int(state["num_skipped"])
+        self._last_eps = state["last_eps"]
+        self._last_constraint = state["last_constraint"]
+        self._last_curvature = state["last_curvature"]
+
+    def _check_loaded_alpha(self, alpha: torch.Tensor) -> None:
+        if tuple(alpha.shape) != (self.num_tasks,) or not bool(torch.isfinite(alpha).all()):
+            raise ValueError(f"TaskScaler.load_state_dict: alpha must be {self.num_tasks} finite values, "
+                             f"got shape {tuple(alpha.shape)}")
+        total = float(alpha.sum())
+        smallest = float(alpha.min())
+        if abs(total - 1.0) > _FEASIBILITY_TOL or smallest < self.config.alpha_min - _FEASIBILITY_TOL:
+            raise ValueError(
+                f"TaskScaler.load_state_dict: alpha (sum {total}, min {smallest}) is off the simplex with "
+                f"floor alpha_min = {self.config.alpha_min}")

@@ -1,0 +1,168 @@
+"""CATS inside DeepSpeed ZeRO: per-task gradients kept in each rank's own gradient partition.
+
+Data path (DESIGN.md, "Inside ZeRO"): every micro-step is language-synchronous, so when a
+task's window ends on an accumulation boundary DeepSpeed has reduced exactly that task's
+gradient into this rank's partition. ``TaskGradientBuffers`` copies it into buffer n and the
+next window starts from a cleared partition. At the step boundary one GEMM gives this rank's
+share of the Gram matrix, one all-reduce of N*N + N numbers completes it, and
+sum_n s_n * buffer_n is written back into the partition, so DeepSpeed's own step (overflow
+check, norm, clipping, optimizer, all-gather) runs on the rescaled gradient.
+
+The partition accessors rely on DeepSpeed 0.19.8 internals measured in
+shared/notes/deepspeed-zero-internals.md; requirements.txt pins that version.
+"""
+
+from __future__ import annotations
+
+import torch
+import deepspeed.comm as dist
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+
+class UnsupportedSetupError(ValueError):
+    """A DeepSpeed configuration whose gradient partition CATS cannot reach; names the setting."""
+
+
+class PartitionGradients:
+    """Reads, clears and overwrites this rank's reduced flat gradient partition (ZeRO 1, 2 or 3)."""
+
+    def __init__(self, engine) -> None:
+        self.optimizer = engine.optimizer
+        self.stage = engine.zero_optimization_stage()
+        _check_supported(engine, self.optimizer, self.stage)
+        self.dp_group = self.optimizer.dp_process_group
+
+    @property
+    def loss_scale(self) -> float:
+        """The fp16 loss scale the partition is multiplied by (1 for fp32 and bf16)."""
+        return float(getattr(self.optimizer, "loss_scale", 1.0) or 1.0)
+
+    def segments(self) -> list[torch.Tensor]:
+        """The tensors that make up the partition, in a fixed order; valid until the next clear()."""
+        if self.stage == 3:
+            return [self.optimizer.grad_partitions_flat_buffer]
+        groups = range(len(self.optimizer.bit16_groups))
+        missing = [i for i in groups if self.optimizer.averaged_gradients.get(i) is None]
+        if missing:
+            raise RuntimeError("no reduced gradient partition: the window's last backward must run "
+                               "with engine.set_gradient_accumulation_boundary(True)")
+        return [t for i in groups for t in self.optimizer.averaged_gradients[i]]
+
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.segments())
+
+    def read_into(self, out: torch.Tensor) -> None:
+        """Copies the partition into the flat tensor ``out`` (converting dtype)."""
+        offset = 0
+        for segment in self.segments():
+            out[offset:offset + segment.numel()].copy_(segment.reshape(-1))
+            offset += segment.numel()
+        assert offset == out.numel(), (offset, out.numel())
+
+    def write(self, flat: torch.Tensor) -> None:
+        """Overwrites the partition with ``flat`` so that engine.step() consumes it."""
+        offset = 0
+        for segment in self.segments():
+            segment.copy_(flat[offset:offset + segment.numel()].view_as(segment))
+            offset += segment.numel()
+        assert offset == flat.numel(), (offset, flat.numel())
+
+    def clear(self) -> None:
+        """Forgets what has been reduced so far, so the next window starts from zero.
+
+        ZeRO-3 adds into its flat buffer on every micro-step but the first of a step, and
+        parameters unused in a window keep stale values: zero it explicitly.
+        """
+        if self.stage == 3:
+            self.optimizer.grad_partitions_flat_buffer.zero_()
+            return
+        for i in range(len(self.optimizer.bit16_groups)):
+            self.optimizer.averaged_gradients[i] = None
+            self.optimizer.all_grad_tensors[i] = None
+
+
+def _check_supported(engine, optimizer, stage: int) -> None:
+    if stage == 0:
+        raise UnsupportedSetupError("CATS needs ZeRO: set zero_optimization.stage to 1, 2 or 3 in the DeepSpeed "
+                                    "config (stage 0 has no gradient partition), or set cats.enabled=false")
+    if stage in (1, 2):
+        if not isinstance(optimizer, DeepSpeedZeroOptimizer):
+            raise UnsupportedSetupError(
+                f"CATS cannot reach the gradients of {type(optimizer).__name__}: bf16 with ZeRO-1 and "
+                "data_types.grad_accum_dtype=fp32 selects DeepSpeed's BF16_Optimizer; use ZeRO-2, or drop "
+                "data_types.grad_accum_dtype")
+        if optimizer.cpu_offload:
+            raise UnsupportedSetupError("CATS does not support zero_optimization.offload_optimizer: the offload path "
+                                        "keeps gradients on the CPU outside the partition CATS rescales; remove it")
+        if any(optimizer._use_compact_grad_partition_buffer(i) for i in range(len(optimizer.bit16_groups))):
+            raise UnsupportedSetupError("CATS does not support data_types.grad_accum_dtype different from the model "
+                                        "dtype (DeepSpeed then accumulates across windows); remove that setting")
+    elif stage == 3:
+        if not isinstance(optimizer, DeepSpeedZeroOptimizer_Stage3):
+            raise UnsupportedSetupError(f"unexpected ZeRO-3 optimizer {type(optimizer).__name__}")
+        if optimizer.offload_optimizer:
+            raise UnsupportedSetupError("CATS does not support zero_optimization.offload_optimizer; remove it")
+    else:
+        raise UnsupportedSetupError(f"zero_optimization.stage={stage} is not a ZeRO stage")
+
+
+class TaskGradientBuffers:
+    """N partition-sized buffers per rank, one per task, plus one for the dev meta gradient h."""
+
+    def __init__(self, partition: PartitionGradients, num_tasks: int, dtype: torch.dtype = torch.float32) -> None:
+        self.partition = partition
+        self.num_tasks = num_tasks
+        self.dtype = dtype
+        self.tasks: torch.Tensor | None = None      # [N, P_local], allocated on the first window
+        self.meta: torch.Tensor | None = None       # [P_local], allocated on first use
+        self.present = torch.zeros(num_tasks, dtype=torch.bool)
+
+    def begin_step(self) -> None:
+        self.present.zero_()
+        if self.tasks is not None:
+            self.tasks.zero_()  # a task absent from this step has g_n = 0
+
+    def begin_window(self) -> None:
+        self.partition.clear()
+
+    def end_window(self, task: int) -> None:
+        """Moves task ``task``'s reduced gradient into its buffer (the partition is cleared next window)."""
+        if self.tasks is None:
+            numel = self.partition.numel()
+            self.tasks = torch.zeros(self.num_tasks, numel, dtype=self.dtype)
+        self.partition.read_into(self.tasks[task])
+        self.present[task] = True
+
+    def capture_meta(self) -> None:
+        """Moves the reduced dev-batch gradient h into the meta buffer."""
+        if self.meta is None:
+            self.meta = torch.zeros(self.partition.numel(), dtype=self.dtype)
+        self.partition.read_into(self.meta)
+
+    def reduce_statistics(self, with_meta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gram matrix G [N, N] and meta dots d [N] = <h, g_n>, summed over the data-parallel group.
+
+        One GEMM on the local buffers, one all-reduce of N*N + N numbers; both are divided
+        by loss_scale**2 so they describe the true (unscaled) gradients.
+        """
+        assert self.tasks is not None, "no window ended this step"
+        local = self.tasks.float()
+        gram = local @ local.T
+        parts = [gram.reshape(-1)]
+        if with_meta:
+            assert self.meta is not None, "capture_meta() was not called this step"
+            parts.append(local @ self.meta.float())
+        stats = torch.cat(parts).double()
+        dist.all_reduce(stats, group=self.partition.dp_group)
+        stats /= self.partition.loss_scale ** 2
+        n = self.num_tasks
+        gram = stats[:n * n].reshape(n, n)
+        dots = stats[n * n:] if with_meta else None
+        return gram, dots
+
+    def write_combined(self, scales: torch.Tensor) -> None:
+        """Writes sum_n s_n * buffer_n into the partition (one GEMV)."""
+        assert self.tasks is not None
+        combined = scales.to(torch.float32) @ self.tasks.float()
+        self.partition.write(combined)

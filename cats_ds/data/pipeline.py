@@ -1,0 +1,164 @@
+"""From a data config to tokenized per-task train/valid sets and raw test sets, cached on disk.
+
+Every source (the embedded Bible corpus, a local directory, a Hugging Face dataset) is first
+written in the one local format (cats_ds.data.corpus); everything after that reads only that
+format. The cache key is a hash of the config fields that change the data, so a second run
+with the same data settings reuses the corpus, the sentencepiece model and the token arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cats_ds.data import bible
+from cats_ds.data.corpus import Bitext, Direction, read_split
+from cats_ds.data.hub import HubSpec, export_hub_corpus
+from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, save_tasks
+from cats_ds.data.tokenizer import Tokenizer, train_or_load
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel data comes from and how it becomes tasks and tokens."""
+
+    source: Literal["bible", "local", "hub"] = "bible"
+    preset: str = "bible8-related"               # bible: language set (see cats_ds.data.bible)
+    direction: Literal["x2en", "en2x"] = "x2en"  # bible: many-to-one or one-to-many
+    low_resource_size: int = 1500                # bible: train pairs kept per low-resource language
+    local_dir: str = ""                          # local: a directory in the local format
+    hub_dataset: str = ""                        # hub: e.g. Helsinki-NLP/opus-100
+    hub_directions: list[str] = field(default_factory=list)  # hub: e.g. [fr-en, de-en]
+    low_resource: list[str] = field(default_factory=list)    # tasks reported as low-resource (bible: automatic)
+    tasks: Literal["direction", "target", "source"] = "direction"  # one task per direction, target or source
+    task_map: dict[str, str] = field(default_factory=dict)   # explicit direction -> task (overrides `tasks`)
+    vocab_size: int = 4000
+    tokenizer_temperature: float = 5.0
+    max_len: int = 64                            # tokens per side; longer pairs are dropped and counted
+    seed: int = 1
+    cache_dir: str = ""                          # default $CATS_DS_CACHE or ~/.cache/cats_ds
+
+    def __post_init__(self) -> None:
+        if self.source == "local" and not self.local_dir:
+            raise ValueError("data.local_dir: required when data.source is 'local'")
+        if self.source == "hub" and not (self.hub_dataset and self.hub_directions):
+            raise ValueError("data.hub_dataset and data.hub_directions: required when data.source is 'hub'")
+        if self.source == "bible" and self.preset not in bible.PRESETS:
+            raise ValueError(f"data.preset: unknown {self.preset!r}; known: {', '.join(bible.PRESETS)}")
+        if self.vocab_size < 100:
+            raise ValueError(f"data.vocab_size: too small ({self.vocab_size})")
+        if self.max_len < 4:
+            raise ValueError(f"data.max_len: too small ({self.max_len})")
+        if not self.tokenizer_temperature > 0:
+            raise ValueError(f"data.tokenizer_temperature: must be > 0, got {self.tokenizer_temperature}")
+
+    def cache_root(self) -> Path:
+        base = self.cache_dir or os.environ.get("CATS_DS_CACHE") or "~/.cache/cats_ds"
+        return Path(base).expanduser()
+
+    def key(self) -> str:
+        """A short hash of everything that changes the prepared data."""
+        fields = asdict(self)
+        fields.pop("cache_dir")
+        fields.pop("low_resource")
+        if self.source == "local":
+            fields["local_dir"] = str(Path(self.local_dir).resolve())
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    tokenizer_path: Path
+    task_names: list[str]
+    train: list[TaskData]
+    valid: list[TaskData]
+    valid_text: dict[Direction, Bitext]
+    test: dict[Direction, Bitext]
+    low_resource: set[str]             # task names reported as low-resource
+    low_resource_directions: set[str]  # direction names belonging to those tasks
+    corpus_dir: Path
+
+
+def prepare(config: DataConfig, progress: bool = True) -> PreparedData:
+    """Prepares (or reuses from the cache) everything training and evaluation read."""
+    root = config.cache_root() / "prepared" / config.key()
+    corpus_dir = _materialize_corpus(config, root / "corpus")
+    train_text = read_split(corpus_dir, "train")
+    valid_text = read_split(corpus_dir, "valid", list(train_text))
+    test_text = read_split(corpus_dir, "test", list(train_text))
+    languages = sorted({lang for d in train_text for lang in (d.src, d.tgt)})
+    tokenizer_path = root / "spm.model"
+    tokenizer = train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
+                              vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
+                              seed=config.seed)
+    task_of = config.task_map or group_directions([d.name for d in train_text], config.tasks)
+    fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
+    train = _cached_tasks(root / "train_tasks.npz", train_text, tokenizer, task_of, config.max_len, fingerprint)
+    valid = _cached_tasks(root / "valid_tasks.npz", valid_text, tokenizer, task_of, config.max_len, fingerprint)
+    names = [t.name for t in train]
+    if [t.name for t in valid] != names:
+        raise ValueError(f"{corpus_dir}: valid split has tasks {[t.name for t in valid]}, train has {names}")
+    low_tasks = _low_resource_tasks(config, corpus_dir, task_of)
+    low_directions = {direction for direction, task in task_of.items() if task in low_tasks}
+    return PreparedData(tokenizer, tokenizer_path, names, train, valid, valid_text, test_text,
+                        low_tasks, low_directions, corpus_dir)
+
+
+def _materialize_corpus(config: DataConfig, corpus_dir: Path) -> Path:
+    if config.source == "local":
+        return Path(config.local_dir)
+    if config.source == "hub":
+        return export_hub_corpus(HubSpec(config.hub_dataset, tuple(config.hub_directions)), corpus_dir)
+    return bible.prepare_bible(config.preset, config.direction, corpus_dir, cache_dir=config.cache_root(),
+                               low_resource_size=config.low_resource_size, seed=config.seed)
+
+
+def _texts_by_language(bitexts: dict[Direction, Bitext]) -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {}
+    for direction, bitext in bitexts.items():
+        texts.setdefault(direction.src, []).extend(bitext.src)
+        texts.setdefault(direction.tgt, []).extend(bitext.tgt)
+    return texts
+
+
+def _cached_tasks(path: Path, bitexts, tokenizer, task_of, max_len, fingerprint: str) -> list[TaskData]:
+    if path.exists():
+        try:
+            return load_tasks(path, fingerprint)
+        except ValueError as err:  # built from another tokenizer or corpus: rebuild, say so
+            log.warning("rebuilding %s: %s", path, err)
+    tasks = build_tasks(bitexts, tokenizer, task_of, max_len)
+    save_tasks(tasks, path, fingerprint)
+    return tasks
+
+
+def _fingerprint(tokenizer_path: Path, corpus_dir: Path, max_len: int, task_of: dict[str, str]) -> str:
+    """What the token arrays depend on: the tokenizer, the corpus files, max_len and the task map."""
+    digest = hashlib.sha256(tokenizer_path.read_bytes())
+    for path in sorted(corpus_dir.glob("*")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(json.dumps([max_len, sorted(task_of.items())]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _low_resource_tasks(config: DataConfig, corpus_dir: Path, task_of: dict[str, str]) -> set[str]:
+    """Task names to report as low-resource: from the config, else from the Bible manifest."""
+    if config.low_resource:
+        unknown = set(config.low_resource) - set(task_of.values())
+        if unknown:
+            raise ValueError(f"data.low_resource: unknown task(s) {sorted(unknown)}; tasks: {sorted(set(task_of.values()))}")
+        return set(config.low_resource)
+    manifest = corpus_dir / "manifest.json"
+    if not manifest.exists():
+        return set()
+    low_languages = set(json.loads(manifest.read_text()).get("low_resource", []))
+    return {task for direction, task in task_of.items() if low_languages & set(direction.split("-"))}

@@ -1,0 +1,57 @@
+"""Process-group set-up and the few collectives the trainer needs, for 1 process or many.
+
+A plain ``python -m cats_ds.train`` gets a one-process group, so every code path (ZeRO
+included) is the same as under the ``deepspeed`` launcher or Slurm.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import deepspeed
+import deepspeed.comm as dist
+import torch
+
+
+def init() -> None:
+    """Initializes the process group; a single plain process gets a world of one."""
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    deepspeed.init_distributed(verbose=False)
+
+
+def rank() -> int:
+    return dist.get_rank()
+
+
+def world_size() -> int:
+    return dist.get_world_size()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor, group=None) -> torch.Tensor:
+    """Sums a float64 tensor over ranks (in place) and returns it."""
+    dist.all_reduce(values, group=group)
+    return values
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    gathered: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,176 @@
+"""Evaluation: per-task dev loss, decoding through ``generate``, sacreBLEU BLEU and chrF++ per language.
+
+All ranks take part in every call (under ZeRO-3 the parameters are sharded, so generation
+must run on every rank together: ``synced_gpus``); rank r handles sentences r, r+W, ...
+and the results are gathered.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+from tqdm import tqdm
+
+from cats_ds import distributed
+from cats_ds.data.corpus import Bitext, Direction
+from cats_ds.data.tasks import TaskData, collate
+from cats_ds.data.tokenizer import Tokenizer
+from cats_ds.loss import token_loss
+
+log = logging.getLogger(__name__)
+
+# the metric that picks the best checkpoint -> whether higher is better
+METRICS = {"dev_loss": False, "dev_loss_low": False, "bleu": True, "bleu_low": True, "bleu_high": True,
+           "chrf": True, "chrf_low": True}
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0              # 0: only at the end of training
+    dev_sentences: int = 500          # per task, for the dev loss
+    bleu_during_training: bool = False  # also decode the dev set at each evaluation (slow on CPU)
+    test_sentences: int = 200         # per direction decoded for the final BLEU table (0: all)
+    beam: int = 1                     # 1: greedy
+    batch_sentences: int = 64
+    max_len_ratio: float = 1.5        # max new tokens = ratio * source length + 10
+    best_metric: str = "dev_loss"
+    patience: int = 0                 # evaluations without improvement before stopping; 0: never stop early
+    bleu_tokenizer: Literal["auto", "13a", "flores200", "char", "intl"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.best_metric not in METRICS:
+            raise ValueError(f"eval.best_metric: unknown {self.best_metric!r}; known: {', '.join(METRICS)}")
+        for key in ("dev_sentences", "batch_sentences", "beam"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"eval.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.every_steps < 0 or self.test_sentences < 0 or self.patience < 0:
+            raise ValueError("eval.every_steps, eval.test_sentences and eval.patience must be >= 0")
+
+
+@torch.no_grad()
+def dev_losses(model, tasks: list[TaskData], config: EvalConfig, pad_id: int, decoder_start_id: int) -> np.ndarray:
+    """Mean target-token NLL per task over its first ``dev_sentences`` examples (no smoothing)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    sums = torch.zeros(2 * len(tasks), dtype=torch.float64)
+    for n, task in enumerate(tasks):
+        indices = list(range(min(len(task), config.dev_sentences)))[rank::world]
+        for start in range(0, len(indices), config.batch_sentences):
+            batch = collate(task, indices[start:start + config.batch_sentences], pad_id)
+            loss = token_loss(model, batch, 0.0, pad_id, decoder_start_id)
+            sums[2 * n] += loss.nll_sum
+            sums[2 * n + 1] += loss.tokens
+    distributed.all_reduce_sum(sums)
+    return (sums[0::2] / sums[1::2].clamp(min=1)).numpy()
+
+
+@torch.no_grad()
+def translate(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str, config: EvalConfig,
+              synced: bool, desc: str = "") -> list[str]:
+    """Translates ``sources`` into ``tgt_lang`` with all ranks together; every rank gets all outputs."""
+    rank, world = distributed.rank(), distributed.world_size()
+    per_rank = -(-len(sources) // world)
+    mine = sources[rank::world]
+    # under ZeRO-3 every rank must call generate equally often: pad with a copy of a real sentence
+    padded = mine + [sources[0]] * (per_rank - len(mine))
+    outputs: list[str] = []
+    batches = range(0, len(padded), config.batch_sentences)
+    for start in tqdm(batches, desc=desc, disable=rank != 0 or not desc, leave=False):
+        outputs.extend(decode_batch(module, tokenizer, padded[start:start + config.batch_sentences], tgt_lang,
+                                    config.beam, config.max_len_ratio, synced))
+    gathered = distributed.all_gather_objects(outputs[:len(mine)])
+    return [gathered[i % world][i // world] for i in range(len(sources))]
+
+
+@torch.no_grad()
+def decode_batch(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str, beam: int,
+                 max_len_ratio: float, synced: bool = False) -> list[str]:
+    """One padded batch through ``generate`` (greedy when beam is 1)."""
+    rows = tokenizer.encode_source_batch(sources, tgt_lang)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row)
+    generated = module.generate(input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_id).long(),
+                                num_beams=beam, max_new_tokens=int(max_len_ratio * width) + 10,
+                                synced_gpus=synced, do_sample=False)
+    return [tokenizer.decode(row.tolist()) for row in generated]
+
+
+def bleu_tokenizer(lang: str, choice: str) -> str:
+    """sacreBLEU's tokenizer for a target language: 13a by default, zh for Chinese, mecab for ja/ko if installed."""
+    if choice != "auto":
+        return choice
+    if lang == "zh":
+        return "zh"
+    if lang in ("ja", "ko"):
+        if importlib.util.find_spec("mecab_ko" if lang == "ko" else "MeCab") is not None:
+            return f"{lang}-mecab"
+        log.warning("sacreBLEU %s-mecab tokenizer not installed; scoring %s with 'char'", lang, lang)
+        return "char"
+    if lang in ("th", "lo", "my", "km"):
+        return "char"
+    return "13a"
+
+
+def score(hypotheses: list[str], references: list[str], tgt_lang: str, tokenizer_choice: str = "auto") -> dict:
+    """BLEU, chrF++, the share of distinct outputs and the BLEU of the most frequent output repeated."""
+    tokenize = bleu_tokenizer(tgt_lang, tokenizer_choice)
+    bleu = BLEU(tokenize=tokenize)
+    most_common = Counter(hypotheses).most_common(1)[0][0] if hypotheses else ""
+    return {
+        "bleu": bleu.corpus_score(hypotheses, [references]).score,
+        "chrf": CHRF(word_order=2).corpus_score(hypotheses, [references]).score,
+        "distinct": len(set(hypotheses)) / max(1, len(hypotheses)),
+        "constant_bleu": BLEU(tokenize=tokenize).corpus_score([most_common] * len(references), [references]).score,
+        "sentences": len(hypotheses),
+        "bleu_signature": str(bleu.get_signature()),
+    }
+
+
+def evaluate_bleu(module, tokenizer: Tokenizer, bitexts: dict[Direction, Bitext], config: EvalConfig,
+                  synced: bool, limit: int) -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """Scores every direction; returns per-direction scores and the hypotheses."""
+    scores, hypotheses = {}, {}
+    for direction, bitext in sorted(bitexts.items()):
+        count = len(bitext.src) if limit == 0 else min(limit, len(bitext.src))
+        outputs = translate(module, tokenizer, bitext.src[:count], direction.tgt, config, synced,
+                            desc=f"decode {direction.name}")
+        scores[direction.name] = score(outputs, bitext.tgt[:count], direction.tgt, config.bleu_tokenizer)
+        hypotheses[direction.name] = outputs
+    return scores, hypotheses
+
+
+def group_means(per_direction: dict[str, dict], low_resource_directions: set[str], key: str) -> dict[str, float]:
+    """Means of ``key`` over all, low-resource and high-resource directions."""
+    values = {name: s[key] for name, s in per_direction.items()}
+    low = [v for n, v in values.items() if n in low_resource_directions]
+    high = [v for n, v in values.items() if n not in low_resource_directions]
+    means = {"all": float(np.mean(list(values.values())))} if values else {}
+    if low:
+        means["low"] = float(np.mean(low))
+    if high:
+        means["high"] = float(np.mean(high))
+    return means
+
+
+def results_table(per_direction: dict[str, dict], low_resource_directions: set[str]) -> str:
+    """A Markdown table: one row per direction, then the group means."""
+    lines = ["| direction | group | BLEU | chrF++ | distinct outputs | constant-output BLEU |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, s in per_direction.items():
+        group = "low" if name in low_resource_directions else "high"
+        lines.append(f"| {name} | {group} | {s['bleu']:.2f} | {s['chrf']:.2f} | {100 * s['distinct']:.0f}% "
+                     f"| {s['constant_bleu']:.2f} |")
+    bleu = group_means(per_direction, low_resource_directions, "bleu")
+    chrf = group_means(per_direction, low_resource_directions, "chrf")
+    for group in ("high", "low", "all"):
+        if group in bleu:
+            lines.append(f"| mean ({group}) | | {bleu[group]:.2f} | {chrf[group]:.2f} | | |")
+    return "\n".join(lines)

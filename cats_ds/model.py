@@ -1,0 +1,98 @@
+"""The translation model: a transformers M2M100 encoder-decoder built from a config, never downloaded.
+
+M2M100 is pre-LN (a layer norm before each sublayer, one after each stack), which trains
+stably at the high learning rates small CPU runs need. The target language is a tag token
+at the start of the source (see cats_ds.data.tokenizer), so one model serves many-to-one,
+one-to-many and many-to-many without forced BOS tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+# name -> (d_model, encoder layers, decoder layers, heads, ffn dim)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (32, 1, 1, 2, 64),              # tests: seconds on CPU
+    "cpu-small": (256, 3, 3, 4, 1024),      # the CPU default
+    "base": (512, 6, 6, 8, 2048),           # transformer-base
+    "big": (1024, 6, 6, 16, 4096),          # transformer-big
+    "deep": (512, 18, 18, 8, 2048),         # overparameterized in depth
+    "wide": (2048, 6, 6, 16, 8192),         # overparameterized in width
+    "xl": (2048, 24, 24, 32, 8192),         # about 2.4B with a 64k vocabulary
+}
+
+
+@dataclass
+class ModelConfig:
+    """A model preset plus optional per-field overrides (0 or -1 keeps the preset's value)."""
+
+    preset: str = "cpu-small"
+    d_model: int = 0
+    encoder_layers: int = 0
+    decoder_layers: int = 0
+    attention_heads: int = 0
+    ffn_dim: int = 0
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    share_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset: unknown {self.preset!r}; known: {', '.join(PRESETS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        d_model, heads = self.dimensions()[0], self.dimensions()[3]
+        if d_model % heads:
+            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.attention_heads ({heads})")
+
+    def dimensions(self) -> tuple[int, int, int, int, int]:
+        """(d_model, encoder layers, decoder layers, heads, ffn dim) after overrides."""
+        preset = PRESETS[self.preset]
+        given = (self.d_model, self.encoder_layers, self.decoder_layers, self.attention_heads, self.ffn_dim)
+        return tuple(g if g > 0 else p for g, p in zip(given, preset))  # type: ignore[return-value]
+
+
+def build_hf_config(config: ModelConfig, vocab_size: int, max_positions: int,
+                    pad_id: int, bos_id: int, eos_id: int) -> M2M100Config:
+    d_model, enc_layers, dec_layers, heads, ffn = config.dimensions()
+    return M2M100Config(
+        vocab_size=vocab_size, d_model=d_model,
+        encoder_layers=enc_layers, decoder_layers=dec_layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
+        dropout=config.dropout, attention_dropout=config.attention_dropout, activation_dropout=0.0,
+        encoder_layerdrop=0.0, decoder_layerdrop=0.0,
+        max_position_embeddings=max_positions, scale_embedding=True,
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, decoder_start_token_id=eos_id,
+        tie_word_embeddings=config.share_embeddings,
+    )
+
+
+def build_model(hf_config: M2M100Config, seed: int) -> M2M100ForConditionalGeneration:
+    """Initializes the model deterministically from the seed (identical on every rank)."""
+    torch.manual_seed(seed)
+    return M2M100ForConditionalGeneration(hf_config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def estimate_parameters(config: ModelConfig, vocab_size: int) -> int:
+    """Parameter count from the dimensions alone, without allocating the model."""
+    d, enc, dec, _, ffn = config.dimensions()
+    attention = 4 * d * d + 4 * d
+    feed_forward = 2 * d * ffn + ffn + d
+    encoder_layer = attention + feed_forward + 4 * d
+    decoder_layer = 2 * attention + feed_forward + 6 * d
+    embeddings = vocab_size * d * (1 if config.share_embeddings else 2)
+    return embeddings + enc * encoder_layer + dec * decoder_layer + 4 * d
+
+
+def describe(config: ModelConfig) -> str:
+    d, enc, dec, heads, ffn = config.dimensions()
+    return f"M2M100 pre-LN d_model={d} layers={enc}+{dec} heads={heads} ffn={ffn} dropout={config.dropout}"

