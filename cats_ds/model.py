@@ -37,7 +37,6 @@ class ModelConfig:
     ffn_dim: int = 0
     dropout: float = 0.1
     attention_dropout: float = 0.0
-    share_embeddings: bool = True
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -67,7 +66,7 @@ def build_hf_config(config: ModelConfig, vocab_size: int, max_positions: int,
         encoder_layerdrop=0.0, decoder_layerdrop=0.0,
         max_position_embeddings=max_positions, scale_embedding=True,
         pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, decoder_start_token_id=eos_id,
-        tie_word_embeddings=config.share_embeddings,
+        tie_word_embeddings=True,  # one embedding matrix for encoder, decoder and output
     )
 
 
@@ -89,7 +88,7 @@ def estimate_parameters(config: ModelConfig, vocab_size: int) -> int:
     feed_forward = 2 * d * ffn + ffn + d
     encoder_layer = attention + feed_forward + 4 * d
     decoder_layer = 2 * attention + feed_forward + 6 * d
-    embeddings = vocab_size * d * (1 if config.share_embeddings else 2)
+    embeddings = vocab_size * d
     return embeddings + enc * encoder_layer + dec * decoder_layer + 4 * d
 
 

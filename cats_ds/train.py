@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cats_ds import checkpoint, distributed
 from cats_ds.cats import TaskScaler
 from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers
-from cats_ds.config import RunConfig, load_config
+from cats_ds.config import RunConfig, TrainConfig, load_config
 from cats_ds.data import pipeline
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
@@ -189,6 +189,9 @@ def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None) -> dict:
 def build_engine(config: RunConfig, model: torch.nn.Module):
     """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule."""
     ds_config = _load_ds_config(Path(config.train.ds_config), config)
+    # DeepSpeed casts parameters but not buffers (M2M100's sinusoidal position table), and CPU
+    # kernels refuse mixed dtypes: cast the whole module first
+    model = model.to(_model_dtype(ds_config))
     optim = config.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
@@ -204,6 +207,14 @@ def build_engine(config: RunConfig, model: torch.nn.Module):
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=make_scheduler,
                                            config=ds_config)
     return engine
+
+
+def _model_dtype(ds_config: dict) -> torch.dtype:
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
 
 
 # keys the trainer sets itself: a DeepSpeed JSON that sets them is refused
@@ -409,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
 def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, checkpoints: Path) -> bool:
     """Trains until max_steps, the time budget or early stopping; returns True if stopped early."""
     config = run.config
-    started = time.monotonic()
+    started, first_step = time.monotonic(), run.step
     bar = tqdm(total=config.train.max_steps, initial=run.step, desc="train", unit="step",
                disable=distributed.rank() != 0, dynamic_ncols=True)
     window_tokens, window_start = 0.0, time.monotonic()
@@ -422,6 +433,7 @@ def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, che
             window_tokens, window_start = 0.0, time.monotonic()
             writer.write("train", run.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+            bar.total = _expected_last_step(run.step - first_step, time.monotonic() - started, run.step, config.train)
         bar.update(1)
         if config.eval.every_steps and run.step % config.eval.every_steps == 0:
             if _evaluate_and_track(run, data, writer, checkpoints):
@@ -446,6 +458,14 @@ def _evaluate_and_track(run: Run, data, writer: MetricsWriter, checkpoints: Path
         checkpoint.save(run.engine, checkpoints, checkpoint.BEST_TAG, client_state(run))
     patience = run.config.eval.patience
     return bool(patience) and run.best["stale_evals"] >= patience
+
+
+def _expected_last_step(steps_done: int, elapsed: float, step: int, config: TrainConfig) -> int:
+    """The step training will stop at: max_steps, or sooner where the time budget runs out first."""
+    if not config.max_minutes or steps_done == 0:
+        return config.max_steps
+    remaining = max(0.0, 60 * config.max_minutes - elapsed)
+    return min(config.max_steps, step + int(remaining * steps_done / elapsed))
 
 
 def _out_of_time(started: float, budget_minutes: float) -> bool:

@@ -41,6 +41,7 @@ class DataConfig:
     task_map: dict[str, str] = field(default_factory=dict)   # explicit direction -> task (overrides `tasks`)
     vocab_size: int = 4000
     tokenizer_temperature: float = 5.0
+    tokenizer_sentences: int = 100_000          # temperature-sampled sentences the tokenizer is trained on
     max_len: int = 64                            # tokens per side; longer pairs are dropped and counted
     seed: int = 1
     cache_dir: str = ""                          # default $CATS_DS_CACHE or ~/.cache/cats_ds
@@ -52,6 +53,8 @@ class DataConfig:
             raise ValueError("data.hub_dataset and data.hub_directions: required when data.source is 'hub'")
         if self.source == "bible" and self.preset not in bible.PRESETS:
             raise ValueError(f"data.preset: unknown {self.preset!r}; known: {', '.join(bible.PRESETS)}")
+        if self.tokenizer_sentences < 1000:
+            raise ValueError(f"data.tokenizer_sentences: too few ({self.tokenizer_sentences})")
         if self.vocab_size < 100:
             raise ValueError(f"data.vocab_size: too small ({self.vocab_size})")
         if self.max_len < 4:
@@ -98,7 +101,7 @@ def prepare(config: DataConfig, progress: bool = True) -> PreparedData:
     tokenizer_path = root / "spm.model"
     tokenizer = train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
                               vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
-                              seed=config.seed)
+                              max_sentences=config.tokenizer_sentences, seed=config.seed)
     task_of = config.task_map or group_directions([d.name for d in train_text], config.tasks)
     fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
     train = _cached_tasks(root / "train_tasks.npz", train_text, tokenizer, task_of, config.max_len, fingerprint)

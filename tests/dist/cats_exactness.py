@@ -69,7 +69,7 @@ class VirtualRanks:
         return mine[0]
 
 
-def make_config(stage: int, mode: str) -> RunConfig:
+def make_config(stage: int, mode: str, ds_config: str = "") -> RunConfig:
     cats = {"enabled": mode != "plain", "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
             "meta_tokens_per_task": 60, "cosine_every": 1,
             "lr_alpha": 0.0 if mode == "ones" else 0.2, "lr_lambda": 0.0 if mode == "ones" else 0.5,
@@ -78,7 +78,7 @@ def make_config(stage: int, mode: str) -> RunConfig:
         "model": {"preset": "tiny", "dropout": 0.0},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "clip_norm": 0.0, "label_smoothing": 0.1},
         "sampling": {"temperature": 2.0, "tokens_per_step": 160, "max_tokens_per_micro": 30},
-        "train": {"ds_config": f"ds_configs/zero{stage}.json"},
+        "train": {"ds_config": ds_config or f"ds_configs/zero{stage}.json"},
         "cats": cats,
     })
 
@@ -93,8 +93,8 @@ def flat_params(engine) -> torch.Tensor:
     return torch.cat([safe_get_full_fp32_param(p).reshape(-1).double() for p in engine.module.parameters()])
 
 
-def run_engine(stage: int, mode: str, train, valid, model):
-    config = make_config(stage, mode)
+def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = ""):
+    config = make_config(stage, mode, ds_config)
     engine = build_engine(config, copy.deepcopy(model))
     sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
     cats = build_cats(config, engine, valid)
@@ -182,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("stages", type=int, nargs="+")
+    parser.add_argument("--precision", nargs="*", default=[], help="also run CATS ZeRO-2 in bf16 / fp16")
     parser.add_argument("--local_rank", type=int)
     args = parser.parse_args()
     out, stages = args.out, args.stages
@@ -196,6 +197,9 @@ def main() -> None:
     for stage in stages:
         results["stages"][stage] = {mode: run_engine(stage, mode, train, valid, model)
                                     for mode in ("plain", "ones", "cats")}
+    # low precision: the Gram matrix must come out unscaled (fp16 divides by loss_scale**2)
+    results["precision"] = {dtype: run_engine(2, "cats", train, valid, model, f"ds_configs/zero2_{dtype}.json")
+                            for dtype in args.precision}
     if distributed.rank() == 0:
         results["reference"] = dense_reference(train, valid, model)
         with open(out, "w") as handle:

@@ -1,0 +1,41 @@
+"""Scoring: sacreBLEU per target language, distinct outputs, constant-output level, group means."""
+
+from __future__ import annotations
+
+import pytest
+from sacrebleu.metrics import BLEU
+
+from cats_ds.evaluate import bleu_tokenizer, group_means, results_table, score
+
+
+def test_score_against_sacrebleu_directly():
+    hyps = ["the cat sat on the mat", "a dog barked", "the sun is hot"]
+    refs = ["the cat sat on the mat", "the dog barked loudly", "the sun is very hot"]
+    result = score(hyps, refs, "en")
+    assert result["bleu"] == pytest.approx(BLEU().corpus_score(hyps, [refs]).score)
+    assert result["distinct"] == 1.0 and 0 < result["chrf"] <= 100
+    assert result["constant_bleu"] < result["bleu"]
+
+
+def test_constant_outputs_are_detected():
+    result = score(["the lord said"] * 4, ["the lord said unto moses", "and god saw", "it was good", "amen"], "en")
+    assert result["distinct"] == 0.25
+    assert result["bleu"] == pytest.approx(result["constant_bleu"])
+
+
+def test_tokenizer_per_target_language():
+    assert bleu_tokenizer("en", "auto") == "13a"
+    assert bleu_tokenizer("zh", "auto") == "zh"
+    assert bleu_tokenizer("ja", "auto") in ("ja-mecab", "char")
+    assert bleu_tokenizer("th", "auto") == "char"
+    assert bleu_tokenizer("fr", "flores200") == "flores200"
+
+
+def test_group_means_and_table():
+    scores = {"fr-en": {"bleu": 30.0, "chrf": 50.0, "distinct": 1.0, "constant_bleu": 1.0},
+              "it-en": {"bleu": 10.0, "chrf": 30.0, "distinct": 0.5, "constant_bleu": 1.0},
+              "es-en": {"bleu": 20.0, "chrf": 40.0, "distinct": 1.0, "constant_bleu": 1.0}}
+    assert group_means(scores, {"it-en"}, "bleu") == {"all": 20.0, "low": 10.0, "high": 25.0}
+    table = results_table(scores, {"it-en"})
+    assert "| it-en | low | 10.00 | 30.00 | 50% |" in table
+    assert "| mean (high) | | 25.00 | 45.00 | | |" in table

@@ -1,0 +1,32 @@
+"""Model presets: built from a config, parameter estimate without allocating."""
+
+from __future__ import annotations
+
+import pytest
+
+from cats_ds.model import PRESETS, ModelConfig, build_hf_config, build_model, count_parameters, estimate_parameters
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu-small"])
+def test_parameter_estimate_matches_the_built_model(preset):
+    config = ModelConfig(preset=preset)
+    model = build_model(build_hf_config(config, 500, 40, 1, 0, 2), seed=0)
+    assert estimate_parameters(config, 500) == count_parameters(model)
+
+
+def test_presets_grow_to_billions():
+    sizes = {name: estimate_parameters(ModelConfig(preset=name), 64000) for name in PRESETS}
+    assert sizes["tiny"] < sizes["cpu-small"] < sizes["base"] < sizes["big"] < sizes["xl"]
+    assert sizes["xl"] > 2e9
+
+
+def test_same_seed_same_weights():
+    config = build_hf_config(ModelConfig(preset="tiny"), 100, 20, 1, 0, 2)
+    a, b = build_model(config, seed=3), build_model(config, seed=3)
+    assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_overrides_and_validation():
+    assert ModelConfig(preset="base", d_model=256, attention_heads=4).dimensions() == (256, 6, 6, 4, 2048)
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(preset="base", d_model=250)
