@@ -64,7 +64,7 @@ class TrainConfig:
     ds_config: str = "ds_configs/zero2.json"
     max_steps: int = 1000
     max_minutes: float = 0.0            # wall-clock budget for the training loop; 0: none
-    log_every: int = 10
+    log_every: int = 1                  # metrics.jsonl record every k steps
     save_every: int = 500
     keep_last: int = 2                  # step checkpoints kept (best is kept apart)
     seed: int = 1

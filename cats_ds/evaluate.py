@@ -100,7 +100,8 @@ def decode_batch(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str
     generated = module.generate(input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_id).long(),
                                 num_beams=beam, max_new_tokens=int(max_len_ratio * width) + 10,
                                 synced_gpus=synced, do_sample=False)
-    return [tokenizer.decode(row.tolist()) for row in generated]
+    # encoder-decoder outputs start with the decoder start token, which is eos for M2M100
+    return [tokenizer.decode(row[1:].tolist()) for row in generated]
 
 
 def bleu_tokenizer(lang: str, choice: str) -> str:
@@ -174,3 +175,20 @@ def results_table(per_direction: dict[str, dict], low_resource_directions: set[s
         if group in bleu:
             lines.append(f"| mean ({group}) | | {bleu[group]:.2f} | {chrf[group]:.2f} | | |")
     return "\n".join(lines)
+
+
+def source_use_check(scores: dict, low_dirs: set[str]) -> str:
+    """Does the model translate, or emit target-language boilerplate whatever the source?
+
+    Two signs: at least 90% distinct outputs in every direction, and high-resource BLEU above
+    the BLEU of the single most frequent output repeated for every sentence.
+    """
+    distinct = min(s["distinct"] for s in scores.values())
+    high = [s for name, s in scores.items() if name not in low_dirs] or list(scores.values())
+    bleu = sum(s["bleu"] for s in high) / len(high)
+    constant = sum(s["constant_bleu"] for s in high) / len(high)
+    verdict = "the outputs depend on the source" if distinct >= 0.9 and bleu > constant else \
+        "WARNING: the model barely uses the source"
+    return (f"Source use: lowest share of distinct test outputs over directions {100 * distinct:.0f}% (>= 90% "
+            f"wanted); high-resource mean BLEU {bleu:.2f} against {constant:.2f} for the most frequent output "
+            f"repeated: {verdict}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sacrebleu.metrics import BLEU
 
-from cats_ds.evaluate import bleu_tokenizer, group_means, results_table, score
+from cats_ds.evaluate import bleu_tokenizer, group_means, results_table, score, source_use_check
 
 
 def test_score_against_sacrebleu_directly():
@@ -39,3 +39,37 @@ def test_group_means_and_table():
     table = results_table(scores, {"it-en"})
     assert "| it-en | low | 10.00 | 30.00 | 50% |" in table
     assert "| mean (high) | | 25.00 | 45.00 | | |" in table
+
+
+def test_source_use_check_flags_boilerplate():
+    good = {"fr-en": {"bleu": 12.0, "constant_bleu": 3.0, "distinct": 0.98},
+            "it-en": {"bleu": 5.0, "constant_bleu": 3.0, "distinct": 0.95}}
+    assert "depend on the source" in source_use_check(good, {"it-en"})
+    repetitive = {**good, "it-en": {"bleu": 5.0, "constant_bleu": 3.0, "distinct": 0.6}}
+    assert "WARNING" in source_use_check(repetitive, {"it-en"})
+    below_constant = {**good, "fr-en": {"bleu": 2.0, "constant_bleu": 3.0, "distinct": 0.99}}
+    assert "WARNING" in source_use_check(below_constant, {"it-en"})
+
+
+class _StubTokenizer:
+    pad_id, eos_id = 1, 2
+
+    def encode_source_batch(self, texts, tgt_lang):
+        return [[5, 6, 2] for _ in texts]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids[:ids.index(2)] if 2 in ids else ids))
+
+
+class _StubModel:
+    """generate() as transformers returns it for encoder-decoders: the decoder start token first."""
+
+    def generate(self, input_ids, **kwargs):
+        import torch
+        return torch.tensor([[2, 10, 11, 2, 1]] * input_ids.shape[0])
+
+
+def test_decode_batch_drops_the_decoder_start_token():
+    # M2M100 starts decoding from eos: decoding that token would end every output at once
+    from cats_ds.evaluate import decode_batch
+    assert decode_batch(_StubModel(), _StubTokenizer(), ["a", "b"], "en", beam=1, max_len_ratio=1.5) == ["10 11"] * 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,24 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     alpha = {r["step"]: r["cats"]["alpha"] for r in read_metrics(straight / "metrics.jsonl", "train")}
     alpha_resumed = {r["step"]: r["cats"]["alpha"] for r in read_metrics(resumed / "metrics.jsonl", "train")}
     assert all(np.allclose(alpha[s], alpha_resumed[s], rtol=1e-6) for s in range(7, 13))
+
+
+def test_zero3_ranks_generate_together_and_finish(workspace):
+    # under ZeRO-3 every rank holds a shard of the weights: generation hangs unless all decode together
+    run_dir = train(workspace, "zero3", train={"max_steps": 4, "ds_config": "ds_configs/zero3.json"},
+                    eval={"test_sentences": 7, "batch_sentences": 3, "beam": 2})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert all(s["sentences"] == 7 for s in results["test"].values())
+
+
+def test_single_plain_process_without_launcher(workspace):
+    root, corpus, cache = workspace
+    config = write_config(root / "plain.yaml", corpus, root / "plain", cache,
+                          train={"max_steps": 3, "ds_config": "ds_configs/zero1.json", "export": False},
+                          cats={"enabled": False})
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(read_metrics(root / "plain" / "metrics.jsonl", "train")) == 3
+    assert "cats" not in read_metrics(root / "plain" / "metrics.jsonl", "train")[-1]
