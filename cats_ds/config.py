@@ -27,12 +27,14 @@ class SamplingConfig:
     temperature: float = 5.0            # task p_n ~ size_n^(1/T): 1 proportional, 5, 100 about uniform
     tokens_per_step: int = 4000         # source+target tokens per optimizer step, all ranks together
     max_tokens_per_micro: int = 2000    # per rank and micro-step; more becomes more micro-steps
+    sort_block: int = 512               # each rank's shard is length-sorted in blocks of this many (1: no sorting)
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"sampling.temperature: must be > 0, got {self.temperature}")
-        if self.tokens_per_step < 1 or self.max_tokens_per_micro < 1:
-            raise ValueError("sampling.tokens_per_step and sampling.max_tokens_per_micro must be >= 1")
+        if self.tokens_per_step < 1 or self.max_tokens_per_micro < 1 or self.sort_block < 1:
+            raise ValueError("sampling.tokens_per_step, sampling.max_tokens_per_micro and sampling.sort_block "
+                             "must be >= 1")
 
 
 @dataclass

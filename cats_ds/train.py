@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
              ", ".join(f"{n} {p:.3f}" for n, p in zip(data.task_names, probs)))
     sampler = LanguageSyncSampler([t.lengths() for t in data.train], probs, config.sampling.tokens_per_step,
                                   config.sampling.max_tokens_per_micro, seed=config.train.seed,
-                                  rank=rank, world_size=distributed.world_size(), task_names=data.task_names)
+                                  rank=rank, world_size=distributed.world_size(),
+                                  sort_block=config.sampling.sort_block, task_names=data.task_names)
     run = Run(config, engine, data.train, data.valid, sampler, build_cats(config, engine, data.valid),
               tokenizer.pad_id, tokenizer.eos_id)
     if run.cats:
