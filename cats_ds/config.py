@@ -27,7 +27,10 @@ class SamplingConfig:
     temperature: float = 5.0            # task p_n ~ size_n^(1/T): 1 proportional, 5, 100 about uniform
     tokens_per_step: int = 4000         # source+target tokens per optimizer step, all ranks together
     max_tokens_per_micro: int = 2000    # per rank and micro-step; more becomes more micro-steps
-    sort_block: int = 512               # each rank's shard is length-sorted in blocks of this many (1: no sorting)
+    # each rank's shard is length-sorted in blocks of this many (1: no sorting). Sorted blocks pad
+    # less but make consecutive steps all-short or all-long; measured on the CPU default (plain, 1
+    # process, 12 min): 512 left the model ignoring the source, 1 gave 74-89% distinct outputs
+    sort_block: int = 1
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
