@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
                         config.train.seed)
     probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
     sampler = LanguageSyncSampler([t.lengths() for t in tasks], probs, config.sampling.tokens_per_step, config.sampling.max_tokens_per_micro,
-                                  seed=1, rank=distributed.rank(), world_size=distributed.world_size())
+                                  seed=1, rank=distributed.rank(), world_size=distributed.world_size(),
+                                  sort_block=config.sampling.sort_block)
     plans = FixedPlans()
     runs = {}
     for name, enabled in (("plain", False), ("cats", True)):
