@@ -116,12 +116,7 @@ class TaskGradientBuffers:
         self.dtype = dtype
         self.tasks: torch.Tensor | None = None      # [N, P_local], allocated on the first window
         self.meta: torch.Tensor | None = None       # [P_local], allocated on first use
-        self.present = torch.zeros(num_tasks, dtype=torch.bool)
-
-    def begin_step(self) -> None:
-        self.present.zero_()
-        if self.tasks is not None:
-            self.tasks.zero_()  # a task absent from this step has g_n = 0
+        self.present = torch.zeros(num_tasks, dtype=torch.bool)  # tasks whose window ran this step
 
     def begin_window(self) -> None:
         self.partition.clear()
@@ -147,6 +142,7 @@ class TaskGradientBuffers:
         by loss_scale**2 so they describe the true (unscaled) gradients.
         """
         assert self.tasks is not None, "no window ended this step"
+        self.tasks[~self.present] = 0  # a task absent from this step has g_n = 0, not last step's
         local = self.tasks.float()
         gram = local @ local.T
         parts = [gram.reshape(-1)]
@@ -166,3 +162,4 @@ class TaskGradientBuffers:
         assert self.tasks is not None
         combined = scales.to(torch.float32) @ self.tasks.float()
         self.partition.write(combined)
+        self.present.zero_()
