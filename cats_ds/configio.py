@@ -81,11 +81,6 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where or 'config'}: {err}") from None
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """The inverse of from_dict, for saving the resolved config of a run."""
-    return dataclasses.asdict(config)
-
-
 def _dotted(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -98,12 +93,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _convert(arg, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} fits none of {hint}")
     if origin is list:
         if not isinstance(value, list):
