@@ -1,64 +1,264 @@
-"""Checkpoints: DeepSpeed's own save/load (model, optimizer, scheduler) plus the trainer's client state.
+"""Checkpoints that survive crashes: DeepSpeed's save/load plus the trainer's client state.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    step00000500/            one complete checkpoint: DeepSpeed's files and manifest.json
+    step00000500.partial/    a save in progress (or one a crash interrupted): never loaded
+    step00000500.universal/  made from step00000500 when a run resumes at another world size
+    latest                   names the newest complete checkpoint
+    best                     names the best one by eval.best_metric
+
+A save is a commit: every rank writes into ``TAG.partial``; rank 0 then writes the manifest
+(size and SHA-256 of every file), renames the directory to ``TAG`` and only then rewrites
+``latest`` (write to a temporary file, fsync, rename). A crash at any point therefore leaves
+the previous checkpoint complete and named by ``latest``. Resume verifies the manifest; a
+checkpoint with a missing, truncated or altered file is reported and skipped in favour of the
+newest older one that verifies. Rank 0 reads every rank's files, so multi-node runs need a
+shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
-rank's sampler position and RNG state (gathered, so any rank can restore its own), and the
-CATS state. Checkpoints are tagged ``stepNNNNNNNN``; DeepSpeed's ``latest`` file names the newest;
-``best`` is the best one by the configured metric.
+rank's sampler position and RNG state (gathered, so any rank can restore its own), the CATS
+state and the settings the run's trajectory depends on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cats_ds import distributed
+from cats_ds import distributed, faults
 
 log = logging.getLogger(__name__)
 
-BEST_TAG = "best"
+MANIFEST = "manifest.json"
+PARTIAL, UNIVERSAL = ".partial", ".universal"
+LATEST, BEST = "latest", "best"
+# ds_to_universal refuses checkpoints without this client-state key; a plain data-parallel
+# model needs no tensor- or pipeline-parallel patterns in it
+_UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
 
 
 def step_tag(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save(engine, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
-    """Saves on every rank (DeepSpeed writes each rank's shard); all ranks must call it."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """A verified checkpoint to resume from, and how DeepSpeed must load it."""
+
+    tag: str                # the directory DeepSpeed loads (``TAG.universal`` after a world-size change)
+    saved_world_size: int
+
+    @property
+    def universal(self) -> bool:
+        return self.tag.endswith(UNIVERSAL)
+
+
+# ----------------------------------------------------------------------------------------------
+# saving
+
+
+def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> str:
+    """Saves step ``step`` atomically and points ``latest`` at it; all ranks must call it.
+
+    A complete checkpoint of the same step is already this state (training is deterministic),
+    so it is only re-pointed to, never rewritten.
+    """
+    tag = step_tag(step)
+    if _is_complete(directory / tag):
+        _commit_pointer(directory, LATEST, tag)
+        return tag
+    partial = directory / (tag + PARTIAL)
+    if distributed.rank() == 0 and partial.exists():
+        shutil.rmtree(partial)                  # left by a save that crashed
+    distributed.barrier()
     per_rank = distributed.all_gather_objects({"rng": torch.get_rng_state(), **client_state.pop("per_rank")})
-    engine.save_checkpoint(str(directory), tag=tag, client_state={**client_state, "per_rank": per_rank},
-                           save_latest=tag != BEST_TAG)
+    state = {**client_state, "per_rank": per_rank, "world_size": distributed.world_size(), **_UNIVERSAL_INFO}
+    engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
+    faults.inject("save", step)
+    distributed.barrier()
+    if distributed.rank() == 0:
+        _write_manifest(partial, tag, step)
+        partial.rename(directory / tag)
+        _atomic_write(directory / LATEST, tag + "\n")
+    distributed.barrier()
+    return tag
 
 
-def latest_tag(directory: Path) -> str | None:
-    latest = directory / "latest"
-    return latest.read_text().strip() if latest.exists() else None
+def mark_best(directory: Path, tag: str) -> None:
+    """Points ``best`` at the complete checkpoint ``tag`` (rank 0 writes; all ranks wait)."""
+    _commit_pointer(directory, BEST, tag)
+
+
+def _commit_pointer(directory: Path, name: str, tag: str) -> None:
+    if distributed.rank() == 0:
+        _atomic_write(directory / name, tag + "\n")
+    distributed.barrier()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _write_manifest(checkpoint: Path, tag: str, step: int) -> None:
+    files = {str(path.relative_to(checkpoint)): _file_record(path)
+             for path in sorted(checkpoint.rglob("*")) if path.is_file()}
+    manifest = {"tag": tag, "step": step, "world_size": distributed.world_size(), "files": files}
+    _atomic_write(checkpoint / MANIFEST, json.dumps(manifest, indent=1))
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ----------------------------------------------------------------------------------------------
+# verifying and choosing what to resume from
+
+
+def verify(checkpoint: Path) -> dict[str, Any]:
+    """Returns the checkpoint's manifest; raises ValueError naming the first problem found."""
+    try:
+        manifest = json.loads((checkpoint / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{checkpoint}: no {MANIFEST} (an incomplete save)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{checkpoint}/{MANIFEST}: unreadable ({err})") from None
+    for name, expected in manifest["files"].items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing")
+        if path.stat().st_size != expected["bytes"]:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
+        if _file_record(path)["sha256"] != expected["sha256"]:
+            raise ValueError(f"{path}: checksum differs from the manifest (corrupted)")
+    return manifest
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / MANIFEST).is_file()
+
+
+def step_checkpoints(directory: Path) -> list[Path]:
+    """Complete-looking step checkpoints, newest first (not yet verified)."""
+    return sorted((p for p in directory.glob("step*") if p.is_dir() and p.suffix == ""), reverse=True)
+
+
+def _read_pointer(directory: Path, name: str) -> str | None:
+    path = directory / name
+    return path.read_text().strip() if path.is_file() else None
+
+
+def choose_resume(directory: Path) -> ResumePoint | None:
+    """The checkpoint to resume from, the same on every rank; None when there is none.
+
+    Rank 0 verifies ``latest`` first, then older step checkpoints, and makes a universal copy
+    when the checkpoint was written at another world size.
+    """
+    point = _choose_on_rank0(directory) if distributed.rank() == 0 else None
+    return distributed.broadcast_object(point)
+
+
+def _choose_on_rank0(directory: Path) -> ResumePoint | None:
+    if not directory.is_dir():
+        return None
+    latest = _read_pointer(directory, LATEST)
+    candidates = step_checkpoints(directory)
+    if latest and directory / latest in candidates:     # latest first; it is the newest in normal runs
+        candidates.remove(directory / latest)
+        candidates.insert(0, directory / latest)
+    for checkpoint in candidates:
+        try:
+            manifest = verify(checkpoint)
+        except ValueError as err:
+            log.error("checkpoint not usable, trying an older one: %s", err)
+            continue
+        if checkpoint.name != latest:
+            log.warning("resuming from %s although latest names %s", checkpoint.name, latest)
+        saved = int(manifest["world_size"])
+        if saved == distributed.world_size():
+            return ResumePoint(checkpoint.name, saved)
+        return ResumePoint(_universal_copy(checkpoint).name, saved)
+    if candidates:
+        raise RuntimeError(f"{directory}: no checkpoint verifies (see the errors above); move the directory "
+                           "away to start from scratch")
+    return None
+
+
+def _universal_copy(checkpoint: Path) -> Path:
+    """DeepSpeed's universal checkpoint of ``checkpoint``: loadable at any world size and ZeRO stage."""
+    target = checkpoint.with_name(checkpoint.name + UNIVERSAL)
+    if _is_complete(target):
+        return target
+    log.info("converting %s to a universal checkpoint for a new world size", checkpoint.name)
+    shutil.rmtree(target, ignore_errors=True)
+    result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                             "--input_folder", str(checkpoint), "--output_folder", str(target)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {checkpoint} to a universal checkpoint failed:\n{result.stderr[-3000:]}")
+    (target / MANIFEST).write_text((checkpoint / MANIFEST).read_text())
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
 
 
 def load(engine, directory: Path, tag: str, load_optimizer: bool = True) -> dict[str, Any]:
-    """Loads checkpoint ``tag`` and restores this rank's RNG; returns the client state with
-    ``per_rank`` replaced by this rank's own entry."""
+    """Loads checkpoint ``tag`` and returns its client state, ``per_rank`` still a list over the
+    saving ranks (see ``own_state``)."""
     path, client_state = engine.load_checkpoint(str(directory), tag=tag, load_optimizer_states=load_optimizer,
                                                 load_lr_scheduler_states=load_optimizer)
     if path is None:
         raise FileNotFoundError(f"{directory}/{tag}: no loadable DeepSpeed checkpoint")
-    per_rank = client_state["per_rank"]
-    if len(per_rank) != distributed.world_size():
-        raise ValueError(f"{directory}/{tag} was saved by {len(per_rank)} ranks, this job has "
-                         f"{distributed.world_size()}: resuming at another world size is not supported yet")
-    own = per_rank[distributed.rank()]
-    torch.set_rng_state(own.pop("rng"))
-    return {**client_state, "per_rank": own}
+    return client_state
+
+
+def best_tag(directory: Path) -> str | None:
+    return _read_pointer(directory, BEST)
+
+
+# ----------------------------------------------------------------------------------------------
+# retention
 
 
 def prune(directory: Path, keep_last: int) -> None:
-    """Deletes all but the newest ``keep_last`` step checkpoints (rank 0 only; never ``best``)."""
-    if distributed.rank() != 0 or keep_last <= 0:
-        return
-    tags = sorted(p for p in directory.glob("step*") if p.is_dir())
-    for old in tags[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-        log.info("removed old checkpoint %s", old)
+    """Keeps the newest ``keep_last`` step checkpoints and the best one; removes the rest and
+    the leftovers of interrupted saves (rank 0 only)."""
+    if distributed.rank() == 0 and keep_last > 0:
+        keep = {_read_pointer(directory, LATEST), _read_pointer(directory, BEST)}
+        complete = [p for p in step_checkpoints(directory) if _is_complete(p)]
+        keep.update(p.name for p in complete[:keep_last])
+        for path in directory.glob("step*"):
+            if path.is_dir() and path.name.split(".")[0] not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed checkpoint %s", path.name)
+    distributed.barrier()

@@ -71,7 +71,9 @@ class TrainConfig:
     max_minutes: float = 0.0            # wall-clock budget for the training loop; 0: none
     log_every: int = 1                  # metrics.jsonl record every k steps
     save_every: int = 500
-    keep_last: int = 2                  # step checkpoints kept (best is kept apart)
+    keep_last: int = 2                  # newest complete step checkpoints kept
+    keep_best: bool = True              # also keep the best one by eval.best_metric, evaluated at the end
+    max_nonfinite_steps: int = 5        # stop after this many consecutive steps with a NaN/Inf loss or gradient
     seed: int = 1
     threads: int = 0                    # torch threads per process; 0: cores / local processes
     export: bool = True                 # save_pretrained model + tokenizer at the end
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"train.max_steps: must be >= 1, got {self.max_steps}")
         if self.max_minutes < 0 or self.log_every < 1 or self.save_every < 0 or self.threads < 0:
             raise ValueError("train.max_minutes, train.save_every, train.threads must be >= 0, train.log_every >= 1")
+        if self.keep_last < 1 or self.max_nonfinite_steps < 1:
+            raise ValueError("train.keep_last and train.max_nonfinite_steps must be >= 1")
 
 
 @dataclass

@@ -59,3 +59,13 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def run_file(run_dir: Path, relative: str) -> Path:
+    """``run_dir / relative``, refused when it would land outside the run directory (a name taken
+    from data or a config must never make the trainer write elsewhere)."""
+    root = Path(run_dir).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{relative!r} resolves to {path}, outside the run directory {root}")
+    return path

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,16 +35,16 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from cats_ds import checkpoint, distributed
+from cats_ds import checkpoint, distributed, faults
 from cats_ds.cats import TaskScaler
-from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers
+from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers, discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
 from cats_ds.data import pipeline
-from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
+from cats_ds.data.sampler import LanguageSyncSampler, reshard_states, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu, group_means, results_table, source_use_check
 from cats_ds.loss import token_loss
-from cats_ds.metrics import MetricsWriter
+from cats_ds.metrics import MetricsWriter, run_file
 from cats_ds.model import build_hf_config, build_model, count_parameters, describe
 
 log = logging.getLogger("cats_ds.train")
@@ -73,6 +74,8 @@ class Run:
     eos_id: int
     step: int = 0
     best: dict = field(default_factory=dict)     # {"metric": value, "step": n, "stale_evals": k}
+    nonfinite_steps: int = 0                     # steps skipped for a NaN/Inf loss or gradient, in all
+    nonfinite_streak: int = 0                    # ... and in a row up to now
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +83,9 @@ class Run:
 
 
 def train_step(run: Run) -> dict:
-    """Runs one optimizer step and returns its metrics (identical on every rank)."""
+    """Runs one optimizer step and returns its metrics (identical on every rank).
+
+    A step whose loss or gradient is not finite is skipped (see ``_skip_nonfinite``)."""
     config, engine, cats = run.config, run.engine, run.cats
     world = distributed.world_size()
     plan = run.sampler.next_step()
@@ -100,6 +105,8 @@ def train_step(run: Run) -> dict:
             engine.set_gradient_accumulation_boundary(last_micro and (cats is not None or last_window))
             loss = token_loss(engine, collate(task, micro, run.pad_id), config.optim.label_smoothing,
                               run.pad_id, run.eos_id)
+            if faults.poisons_loss(run.step + 1, window.task):
+                loss = dataclasses.replace(loss, smoothed_sum=loss.smoothed_sum * math.nan, nll_sum=math.nan)
             # DeepSpeed averages over ranks; scaling by world makes the result a sum over the global batch
             engine.backward(loss.smoothed_sum * (world / target_total))
             sums[window.task] += loss.nll_sum
@@ -111,15 +118,41 @@ def train_step(run: Run) -> dict:
     metrics = {"loss": float(sums.sum() / target_total), "task_loss": task_loss.tolist(),
                "target_tokens": target_total, "source_tokens": float(tokens[1].sum()),
                "token_share": (tokens[0] / target_total).tolist()}
+    finite = bool(np.isfinite(task_loss).all())
     if cats:
-        metrics["cats"] = _rescale(run, task_loss, meta)
-    engine.step()
-    metrics["lr"] = engine.get_lr()[0]
-    grad_norm = engine.get_global_grad_norm()
-    metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
-    metrics["step_applied"] = bool(engine.was_step_applied())
+        metrics["cats"], finite = _rescale(run, task_loss, meta, finite)
+    if finite or engine.fp16_enabled():
+        engine.step()       # fp16: DeepSpeed's loss scaler sees the overflow, skips and backs off
+    else:
+        discard_gradients(engine)
+    applied = finite and bool(engine.was_step_applied())
+    metrics.update(lr=engine.get_lr()[0], step_applied=applied, grad_norm=_grad_norm(engine, applied))
     run.step += 1
+    # an fp16 gradient overflow with a finite loss is the loss scaler's business, not divergence
+    loss_scaler_skip = engine.fp16_enabled() and bool(np.isfinite(task_loss).all())
+    _count_nonfinite(run, applied, loss_scaler_skip, metrics)
     return metrics
+
+
+def _grad_norm(engine, applied: bool) -> float:
+    grad_norm = engine.get_global_grad_norm() if applied else None
+    return float(grad_norm) if grad_norm is not None else float("nan")
+
+
+def _count_nonfinite(run: Run, applied: bool, loss_scaler_skip: bool, metrics: dict) -> None:
+    """Counts skipped steps; a run that keeps producing NaN/Inf stops instead of training on garbage."""
+    run.nonfinite_streak = 0 if applied or loss_scaler_skip else run.nonfinite_streak + 1
+    run.nonfinite_steps += not applied
+    metrics["nonfinite_steps"] = run.nonfinite_steps
+    if not applied:
+        bad = [run.train_tasks[n].name for n, value in enumerate(metrics["task_loss"]) if not math.isfinite(value)]
+        log.warning("step %d skipped: non-finite %s", run.step, f"loss in {', '.join(bad)}" if bad else "gradient")
+    limit = run.config.train.max_nonfinite_steps
+    if run.nonfinite_streak >= limit:
+        raise FloatingPointError(
+            f"{limit} steps in a row had a non-finite loss or gradient (up to step {run.step}); the model is "
+            "diverging: lower optim.lr, raise optim.warmup_steps or check the data, then resume from the last "
+            "checkpoint (train.max_nonfinite_steps sets this limit)")
 
 
 def _plan_tokens(plan, tasks: list[TaskData], num_tasks: int) -> torch.Tensor:
@@ -166,29 +199,38 @@ def _meta_pass(run: Run) -> dict | None:
     return {"losses": (sums / tokens).numpy(), "has_gradient": need_gradient}
 
 
-def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None) -> dict:
-    """Gram matrix, TaskScaler update, rescaled gradient written into the ZeRO partition."""
+def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None, finite: bool) -> tuple[dict, bool]:
+    """Gram matrix, TaskScaler update, rescaled gradient written into the ZeRO partition.
+
+    Returns the step's CATS record and whether the statistics were finite; when they are not,
+    the TaskScaler is left untouched and the step's scales stay as they were."""
     cats = run.cats
     with_gradient = meta is not None and meta["has_gradient"]
     gram, dots = cats.buffers.reduce_statistics(with_meta=with_gradient)
     losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
-    cats.scales = cats.scaler.update(losses, gram, dots if with_gradient else None)
+    statistics = [gram, losses] + ([dots] if with_gradient else [])
+    finite = finite and all(bool(torch.isfinite(t).all()) for t in statistics)
+    if finite:
+        cats.scales = cats.scaler.update(losses, gram, dots if with_gradient else None)
     cats.buffers.write_combined(cats.scales)
     norms = gram.diagonal().clamp(min=0).sqrt()
     record = {"scales": cats.scales.tolist(), "alpha": cats.scaler.alpha.tolist(), "lambda": float(cats.scaler.lam),
               "grad_norm": norms.tolist(), "meta_losses": losses.tolist(), **cats.scaler.describe()}
     if run.step % cats.scaler.config.cosine_every == 0:
         record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
-    return record
+    return record, finite
 
 
 # ----------------------------------------------------------------------------------------------
 # set-up
 
 
-def build_engine(config: RunConfig, model: torch.nn.Module):
-    """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule."""
+def build_engine(config: RunConfig, model: torch.nn.Module, load_universal: bool = False):
+    """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule;
+    ``load_universal`` when the checkpoint to resume from is a universal one (new world size)."""
     ds_config = _load_ds_config(Path(config.train.ds_config), config)
+    if load_universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     # DeepSpeed casts parameters but not buffers (M2M100's sinusoidal position table), and CPU
     # kernels refuse mixed dtypes: cast the whole module first
     model = model.to(_model_dtype(ds_config))
@@ -278,8 +320,31 @@ def _set_threads(config: RunConfig) -> None:
 # checkpoints and evaluation
 
 
+# settings a run may change when it resumes: how long it runs, how it logs, saves and evaluates
+_RESUMABLE_CHANGES = ("train.run_dir", "train.max_steps", "train.max_minutes", "train.log_every", "train.save_every",
+                      "train.keep_last", "train.keep_best", "train.max_nonfinite_steps", "train.threads",
+                      "train.export", "data.cache_dir", "eval.")
+
+
+def trajectory_settings(config: RunConfig) -> dict:
+    """The flattened settings a run's trajectory depends on (all but _RESUMABLE_CHANGES)."""
+    flat = _flatten(dataclasses.asdict(config))
+    return {key: value for key, value in flat.items() if not key.startswith(_RESUMABLE_CHANGES)}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def client_state(run: Run) -> dict:
-    state = {"step": run.step, "best": run.best, "per_rank": {"sampler": run.sampler.state_dict()}}
+    state = {"step": run.step, "best": run.best, "nonfinite_steps": run.nonfinite_steps,
+             "settings": trajectory_settings(run.config), "per_rank": {"sampler": run.sampler.state_dict()}}
     if run.cats:
         state["cats"] = run.cats.scaler.state_dict()
         state["cats_scales"] = run.cats.scales.tolist()
@@ -288,16 +353,41 @@ def client_state(run: Run) -> dict:
     return state
 
 
-def restore(run: Run, state: dict) -> None:
-    run.step, run.best = state["step"], state["best"]
-    run.sampler.load_state_dict(state["per_rank"]["sampler"])
+def restore(run: Run, state: dict, where: Path) -> None:
+    """Continues the run saved in ``state`` (read from checkpoint ``where``)."""
+    _check_same_settings(trajectory_settings(run.config), state["settings"], where)
+    run.step, run.best, run.nonfinite_steps = state["step"], state["best"], state["nonfinite_steps"]
+    own = _own_rank_state(state["per_rank"], run.config.train.seed, run.step)
+    run.sampler.load_state_dict(own["sampler"])
     if run.cats:
         if "cats" not in state:
-            raise ValueError("the checkpoint was saved without CATS; resume it with cats.enabled=false")
+            raise ValueError(f"{where} was saved without CATS; resume it with cats.enabled=false")
         run.cats.scaler.load_state_dict(state["cats"])
         run.cats.scales = torch.tensor(state["cats_scales"], dtype=torch.float64)
         if run.cats.dev_sampler:
-            run.cats.dev_sampler.load_state_dict(state["per_rank"]["dev_sampler"])
+            run.cats.dev_sampler.load_state_dict(own["dev_sampler"])
+
+
+def _check_same_settings(now: dict, saved: dict, where: Path) -> None:
+    differing = sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
+    if differing:
+        details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}" for key in differing)
+        raise ValueError(f"{where} belongs to a run with other settings ({details}); resume with the saved "
+                         "settings, or start a new run in another train.run_dir")
+
+
+def _own_rank_state(per_rank: list[dict], seed: int, step: int) -> dict:
+    """This rank's sampler states and RNG. After a world-size change the samplers are resharded
+    (no example skipped, see reshard_states) and the RNG is seeded from (seed, step, rank)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    if len(per_rank) == world:
+        own = per_rank[rank]
+        torch.set_rng_state(own["rng"])
+        return own
+    log.warning("resuming a %d-rank checkpoint on %d ranks: data shards are redistributed", len(per_rank), world)
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+    return {key: reshard_states([state[key] for state in per_rank], world)[rank]
+            for key in per_rank[0] if key != "rng"}
 
 
 @contextlib.contextmanager
@@ -391,7 +481,9 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("model: %s, %s parameters; %d tasks: %s; world size %d", describe(config.model),
              f"{count_parameters(model):,}", len(data.task_names), ", ".join(data.task_names),
              distributed.world_size())
-    engine = build_engine(config, model)
+    checkpoints = run_dir / "checkpoints"
+    resume = checkpoint.choose_resume(checkpoints)
+    engine = build_engine(config, model, load_universal=bool(resume and resume.universal))
     probs = temperature_probs([len(t) for t in data.train], config.sampling.temperature)
     log.info("sampling T=%g: %s", config.sampling.temperature,
              ", ".join(f"{n} {p:.3f}" for n, p in zip(data.task_names, probs)))
@@ -404,22 +496,53 @@ def main(argv: list[str] | None = None) -> dict:
     if run.cats:
         log.info("CATS on: %s", config.cats)
 
-    checkpoints = run_dir / "checkpoints"
-    tag = checkpoint.latest_tag(checkpoints)
-    if tag:
-        restore(run, checkpoint.load(engine, checkpoints, tag))
-        log.info("resumed from %s at step %d", checkpoints / tag, run.step)
+    if resume:
+        restore(run, checkpoint.load(engine, checkpoints, resume.tag), checkpoints / resume.tag)
+        log.info("resumed from %s at step %d (saved by %d ranks)", checkpoints / resume.tag, run.step,
+                 resume.saved_world_size)
 
     writer = MetricsWriter(run_dir, rank == 0)
     writer.write("run", run.step, {"tasks": data.task_names, "low_resource": sorted(data.low_resource),
                                    "parameters": count_parameters(model), "world_size": distributed.world_size(),
                                    "sampling_probs": probs.tolist(), "cats": config.cats.enabled})
-    stopped_early = train_loop(run, data, writer, checkpoints)
-    return finish(run, data, run_dir, checkpoints, stopped_early)
+    with StopSignals() as signals:
+        stop = train_loop(run, data, writer, checkpoints, signals)
+    if stop == "signal":
+        checkpoint.save(engine, checkpoints, run.step, client_state(run))
+        log.info("%s received: checkpoint of step %d saved; run the same command again to resume",
+                 signals.received, run.step)
+        return {"step": run.step, "interrupted": signals.received}
+    return finish(run, data, run_dir, checkpoints, stopped_early=stop == "patience")
 
 
-def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, checkpoints: Path) -> bool:
-    """Trains until max_steps, the time budget or early stopping; returns True if stopped early."""
+class StopSignals:
+    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit or preemption) ask training to
+    stop at the next step boundary, save a checkpoint and exit cleanly; the handlers only record
+    the signal, so a save or an evaluation in progress is never cut."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _record(self, signum: int, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+
+def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, checkpoints: Path,
+               signals: StopSignals) -> str:
+    """Trains until max_steps, the time budget, early stopping or a stop signal; returns which
+    ("max_steps", "time", "patience" or "signal")."""
     config = run.config
     started, first_step = time.monotonic(), run.step
     bar = tqdm(total=config.train.max_steps, initial=run.step, desc="train", unit="step",
@@ -434,20 +557,23 @@ def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, che
             metrics["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
             window_tokens, window_start = 0.0, time.monotonic()
             writer.write("train", run.step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}", refresh=False)
             bar.total = _expected_last_step(run.step - first_step, time.monotonic() - started, run.step, config.train)
         bar.update(1)
+        faults.inject("step", run.step)
         if config.eval.every_steps and run.step % config.eval.every_steps == 0:
             if _evaluate_and_track(run, data, writer, checkpoints):
-                return True
+                return "patience"
         if config.train.save_every and run.step % config.train.save_every == 0:
-            checkpoint.save(run.engine, checkpoints, checkpoint.step_tag(run.step), client_state(run))
+            checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
             checkpoint.prune(checkpoints, config.train.keep_last)
-        if _out_of_time(started, config.train.max_minutes):
-            log.info("time budget of %g minutes reached at step %d", config.train.max_minutes, run.step)
-            break
+        stop = _stop_requested(started, config.train.max_minutes, signals)
+        if stop:
+            log.info("stopping at step %d: %s", run.step,
+                     "time budget reached" if stop == "time" else f"{signals.received} received")
+            return stop
     bar.close()
-    return False
+    return "max_steps"
 
 
 def _evaluate_and_track(run: Run, data, writer: MetricsWriter, checkpoints: Path) -> bool:
@@ -456,8 +582,9 @@ def _evaluate_and_track(run: Run, data, writer: MetricsWriter, checkpoints: Path
     improved = _update_best(run, record)
     writer.write("eval", run.step, {**record, "best": run.best})
     log.info("step %d: dev loss %.4f%s", run.step, record["dev_loss"], " (best)" if improved else "")
-    if improved:
-        checkpoint.save(run.engine, checkpoints, checkpoint.BEST_TAG, client_state(run))
+    if improved and run.config.train.keep_best:
+        checkpoint.mark_best(checkpoints, checkpoint.save(run.engine, checkpoints, run.step, client_state(run)))
+        checkpoint.prune(checkpoints, run.config.train.keep_last)
     patience = run.config.eval.patience
     return bool(patience) and run.best["stale_evals"] >= patience
 
@@ -470,26 +597,29 @@ def _expected_last_step(steps_done: int, elapsed: float, step: int, config: Trai
     return min(config.max_steps, step + int(remaining * steps_done / elapsed))
 
 
-def _out_of_time(started: float, budget_minutes: float) -> bool:
-    """Every rank must stop at the same step: the slowest rank's clock decides."""
-    if not budget_minutes:
-        return False
-    elapsed = torch.tensor([time.monotonic() - started], dtype=torch.float64)
-    torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-    return float(elapsed) >= 60 * budget_minutes
+def _stop_requested(started: float, budget_minutes: float, signals: StopSignals) -> str | None:
+    """"signal", "time" or None. Every rank must stop at the same step: one all-reduce shares
+    the slowest rank's clock and the stop signal any rank received (then recorded on all)."""
+    received = signal.Signals[signals.received].value if signals.received else 0
+    state = torch.tensor([time.monotonic() - started, received], dtype=torch.float64)
+    elapsed, signum = distributed.all_reduce_max(state).tolist()
+    if signum:
+        signals.received = signal.Signals(int(signum)).name
+        return "signal"
+    return "time" if budget_minutes and elapsed >= 60 * budget_minutes else None
 
 
 def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Path, stopped_early: bool) -> dict:
     """Last checkpoint, final dev evaluation, test BLEU table, results files, export."""
     config = run.config
-    checkpoint.save(run.engine, checkpoints, checkpoint.step_tag(run.step), client_state(run))
+    checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
     checkpoint.prune(checkpoints, config.train.keep_last)
     final_dev = evaluate_dev(run, data)
-    if config.eval.every_steps and run.best:
+    if config.eval.every_steps and run.best and config.train.keep_best:
         _update_best(run, final_dev)
         if run.best["step"] != run.step:
             log.info("evaluating the best checkpoint (step %d by %s)", run.best["step"], run.best["metric"])
-            checkpoint.load(run.engine, checkpoints, checkpoint.BEST_TAG, load_optimizer=False)
+            checkpoint.load(run.engine, checkpoints, checkpoint.step_tag(run.best["step"]), load_optimizer=False)
             final_dev = evaluate_dev(run, data)
     with evaluation_mode(run.engine):
         scores, hypotheses = evaluate_bleu(run.engine.module, data.tokenizer, data.test, config.eval,
@@ -512,10 +642,9 @@ def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set
     text = f"# Results at step {results['step']}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(text)
-    hyp_dir = run_dir / "hypotheses"
-    hyp_dir.mkdir(exist_ok=True)
+    (run_dir / "hypotheses").mkdir(exist_ok=True)
     for name, lines in hypotheses.items():
-        (hyp_dir / f"test.{name}.txt").write_text("\n".join(lines) + "\n")
+        run_file(run_dir, f"hypotheses/test.{name}.txt").write_text("\n".join(lines) + "\n")
     print("\n" + text, flush=True)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cats_ds.data.sampler import LanguageSyncSampler, Window, shard_order, temperature_probs
+from cats_ds.data.sampler import LanguageSyncSampler, Window, reshard_states, shard_order, temperature_probs
 
 
 def random_lengths(sizes, seed=0, low=4, high=40) -> list[np.ndarray]:
@@ -322,3 +322,42 @@ def test_properties(setup):
         assert [plan(resumed.next_step()) for _ in range(8 - restore_at)] == [entry[rank] for entry in replay]
     budgets = np.array(samplers[0].micro_steps) * np.array(caps) * world_size  # m_n * cap_n * W = b_n
     np.testing.assert_allclose(budgets, setup["probs"] * setup["tokens_per_step"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(8, 120), old_world=st.integers(1, 4), new_world=st.integers(1, 4),
+       sort_block=st.sampled_from([1, 3, 8]), steps=st.integers(0, 12), seed=st.integers(0, 10))
+def test_resharding_to_another_world_size_skips_no_example(size, old_world, new_world, sort_block, steps, seed):
+    """Old ranks train ``steps`` steps; new ranks continue from the resharded states: together they
+    cover the rest of every epoch the old ranks were in, and the step count carries over."""
+    lengths = random_lengths([size, size // 2 + old_world + new_world], seed=seed)
+    probs = [0.6, 0.4]
+
+    def sampler(rank, world):
+        return make(lengths, probs, rank=rank, world_size=world, tokens_per_step=300, max_micro=100, seed=seed,
+                    sort_block=sort_block)
+    old = [sampler(rank, old_world) for rank in range(old_world)]
+    seen_before = [run_streams(s, steps, 2) for s in old]
+    states = reshard_states([s.state_dict() for s in old], new_world)
+    new = [sampler(rank, new_world) for rank in range(new_world)]
+    for s, state in zip(new, states):
+        s.load_state_dict(state)
+        assert s.step == steps
+    after = [run_streams(s, max(map(len, lengths)), 2) for s in new]   # >= 1 example a step: past the epoch
+    for task, task_lengths in enumerate(lengths):
+        epoch = min(s.state_dict()["epochs"][task] for s in old)
+        permutation_len = len(task_lengths)
+        consumed_before = _epoch_examples(seen_before, task, permutation_len, epoch, old_world)
+        consumed_after = set().union(*(stream[task][:len(range(rank, permutation_len, new_world)) - cursor]
+                                       for rank, (stream, cursor) in enumerate(
+                                           zip(after, (state["cursors"][task] for state in states)))))
+        assert consumed_before | consumed_after == set(range(permutation_len))
+
+
+def _epoch_examples(streams, task, size, epoch, world):
+    """Examples the old ranks took from epoch ``epoch`` (each rank's stream is whole epochs of its shard)."""
+    taken = set()
+    for rank, stream in enumerate(streams):
+        shard = len(range(rank, size, world))
+        taken.update(stream[task][epoch * shard:(epoch + 1) * shard])
+    return taken

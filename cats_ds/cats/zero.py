@@ -69,17 +69,27 @@ class PartitionGradients:
         assert offset == flat.numel(), (offset, flat.numel())
 
     def clear(self) -> None:
-        """Forgets what has been reduced so far, so the next window starts from zero.
+        """Forgets what has been reduced so far, so the next window starts from zero."""
+        _clear_partition(self.optimizer, self.stage)
 
-        ZeRO-3 adds into its flat buffer on every micro-step but the first of a step, and
-        parameters unused in a window keep stale values: zero it explicitly.
-        """
-        if self.stage == 3:
-            self.optimizer.grad_partitions_flat_buffer.zero_()
-            return
-        for i in range(len(self.optimizer.bit16_groups)):
-            self.optimizer.averaged_gradients[i] = None
-            self.optimizer.all_grad_tensors[i] = None
+
+def _clear_partition(optimizer, stage: int) -> None:
+    """ZeRO-3 adds into its flat buffer on every micro-step but the first of a step, and
+    parameters unused in a window keep stale values: zero it explicitly. ZeRO-1/2 keep the
+    reduced partition in averaged_gradients (what their own overflow path clears)."""
+    if stage == 3:
+        optimizer.grad_partitions_flat_buffer.zero_()
+    elif stage in (1, 2):
+        for i in range(len(optimizer.bit16_groups)):
+            optimizer.averaged_gradients[i] = None
+            optimizer.all_grad_tensors[i] = None
+
+
+def discard_gradients(engine) -> None:
+    """Drops every gradient of the current step, so that skipping ``engine.step()`` leaves
+    nothing behind for the next step (any ZeRO stage, CATS on or off)."""
+    engine.optimizer.zero_grad(set_to_none=True)
+    _clear_partition(engine.optimizer, engine.zero_optimization_stage())
 
 
 def _check_supported(engine, optimizer, stage: int) -> None:

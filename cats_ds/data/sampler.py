@@ -260,6 +260,48 @@ class LanguageSyncSampler:
         return array
 
 
+def reshard_states(states: Sequence[dict], world_size: int) -> list[dict]:
+    """Sampler states for ``world_size`` ranks that continue those of the ranks that wrote ``states``.
+
+    Used when a run resumes at another world size. Within each task's current epoch, the new
+    ranks start at the first position P of the epoch's permutation that some old rank had not
+    yet consumed (rounded down to whole ``sort_block`` blocks of the old and new shards), so no
+    example is skipped; the examples that old ranks had consumed beyond P are seen twice, at most
+    the gap between the slowest and the fastest rank plus one block per rank.
+    """
+    steps = {int(state["step"]) for state in states}
+    if len(steps) != 1:
+        raise ValueError(f"sampler states disagree on the step ({sorted(steps)}): they are not one checkpoint")
+    old_world = len(states)
+    identity = states[0]["stream"]
+    sort_block, sizes = identity["sort_block"], identity["task_sizes"]
+    new_states = [{**states[0], "epochs": [], "cursors": [], "tokens_taken": [],
+                   "stream": {**identity, "rank": rank, "world_size": world_size}} for rank in range(world_size)]
+    for task, size in enumerate(sizes):
+        epoch, start = _first_unconsumed(states, task, size, old_world, sort_block)
+        start -= start % (sort_block * world_size)
+        taken = sum(int(state["tokens_taken"][task]) for state in states) // world_size
+        for state in new_states:
+            state["epochs"].append(epoch)
+            state["cursors"].append(start // world_size)
+            state["tokens_taken"].append(taken)
+    return new_states
+
+
+def _first_unconsumed(states: Sequence[dict], task: int, size: int, world: int, sort_block: int) -> tuple[int, int]:
+    """(epoch, P): the oldest epoch any rank is in, and the first position of its permutation
+    that some rank has not consumed, counting only whole sorted blocks of each shard."""
+    epoch = min(int(state["epochs"][task]) for state in states)
+    start = size
+    for rank, state in enumerate(states):
+        cursor, shard_size = int(state["cursors"][task]), len(range(rank, size, world))
+        if int(state["epochs"][task]) > epoch or cursor >= shard_size:
+            continue                                  # this rank finished the epoch
+        whole_blocks = cursor // sort_block * sort_block
+        start = min(start, whole_blocks * world + rank)
+    return epoch, start
+
+
 def _check_scalars(tokens_per_step: int, max_tokens_per_micro: int, seed: int, rank: int,
                    world_size: int, sort_block: int) -> None:
     for key, value, minimum in (("tokens_per_step", tokens_per_step, 1),

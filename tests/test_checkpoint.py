@@ -1,0 +1,118 @@
+"""Atomic checkpoints: interrupted saves, corrupted files, fallback, retention (one process, real DeepSpeed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import deepspeed
+import pytest
+import torch
+
+from cats_ds import checkpoint, distributed, faults
+
+
+@pytest.fixture(scope="module")
+def engine():
+    saved_env = dict(os.environ)
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    distributed.init()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_allow_untested_optimizer": True,
+              "zero_optimization": {"stage": 2}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+                                      config=config)
+    yield engine
+    torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved_env)
+
+
+def train_and_save(engine, directory, step):
+    engine.backward(engine(torch.ones(2, 4)).square().sum())
+    engine.step()
+    return checkpoint.save(engine, directory, step, {"step": step, "per_rank": {"mark": step}})
+
+
+def loaded_step(engine, directory):
+    point = checkpoint.choose_resume(directory)
+    return checkpoint.load(engine, directory, point.tag)["step"]
+
+
+def test_save_commits_a_verified_checkpoint_and_points_latest_at_it(engine, tmp_path):
+    tag = train_and_save(engine, tmp_path, 1)
+    assert tag == "step00000001" and (tmp_path / "latest").read_text().strip() == tag
+    manifest = checkpoint.verify(tmp_path / tag)
+    assert manifest["step"] == 1 and manifest["world_size"] == 1 and manifest["files"]
+    assert not list(tmp_path.glob("*.partial"))
+    state = checkpoint.load(engine, tmp_path, tag)
+    assert state["per_rank"][0]["mark"] == 1 and state["world_size"] == 1
+
+
+def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_as_latest(engine, tmp_path, monkeypatch):
+    train_and_save(engine, tmp_path, 1)
+
+    def crash(point, step):
+        raise KeyboardInterrupt("killed while saving")
+    monkeypatch.setattr(faults, "inject", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_save(engine, tmp_path, 2)
+    monkeypatch.undo()
+    assert (tmp_path / "step00000002.partial").is_dir()
+    assert (tmp_path / "latest").read_text().strip() == "step00000001"
+    assert loaded_step(engine, tmp_path) == 1
+    train_and_save(engine, tmp_path, 2)     # the next save clears the leftover and commits
+    assert not (tmp_path / "step00000002.partial").exists() and loaded_step(engine, tmp_path) == 2
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete a file", "delete the manifest"])
+def test_a_damaged_checkpoint_is_reported_and_resume_falls_back(engine, tmp_path, caplog, damage):
+    train_and_save(engine, tmp_path, 1)
+    tag = train_and_save(engine, tmp_path, 2)
+    victim = max((p for p in (tmp_path / tag).rglob("*.pt")), key=lambda p: p.stat().st_size)
+    if damage == "flip a byte":
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:100])
+    elif damage == "delete a file":
+        victim.unlink()
+    else:
+        (tmp_path / tag / checkpoint.MANIFEST).unlink()
+    with pytest.raises(ValueError, match=tag):
+        checkpoint.verify(tmp_path / tag)
+    with caplog.at_level(logging.ERROR, logger="cats_ds.checkpoint"):
+        assert loaded_step(engine, tmp_path) == 1
+    assert tag in caplog.text
+
+
+def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(engine, tmp_path):
+    tag = train_and_save(engine, tmp_path, 1)
+    (tmp_path / tag / checkpoint.MANIFEST).write_text("{not json")
+    with pytest.raises(RuntimeError, match="no checkpoint verifies"):
+        checkpoint.choose_resume(tmp_path)
+
+
+def test_an_empty_directory_means_no_resume(engine, tmp_path):
+    assert checkpoint.choose_resume(tmp_path / "absent") is None
+
+
+def test_saving_a_step_again_only_repoints_latest(engine, tmp_path):
+    tag = train_and_save(engine, tmp_path, 1)
+    before = (tmp_path / tag / checkpoint.MANIFEST).stat().st_mtime_ns
+    train_and_save(engine, tmp_path, 2)
+    checkpoint.save(engine, tmp_path, 1, {"step": 1, "per_rank": {}})
+    assert (tmp_path / "latest").read_text().strip() == tag
+    assert (tmp_path / tag / checkpoint.MANIFEST).stat().st_mtime_ns == before
+
+
+def test_retention_keeps_the_last_k_and_the_best(engine, tmp_path):
+    for step in range(1, 6):
+        tag = train_and_save(engine, tmp_path, step)
+        if step == 2:
+            checkpoint.mark_best(tmp_path, tag)
+        checkpoint.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.glob("step*")) == ["step00000002", "step00000004", "step00000005"]
+    assert checkpoint.best_tag(tmp_path) == "step00000002"
