@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -21,6 +22,18 @@ def init() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     deepspeed.init_distributed(verbose=False)
+    _unlink_shared_memory_names()
+
+
+def _unlink_shared_memory_names() -> None:
+    """DeepSpeed's CPU all-reduce maps one ~70 MB /dev/shm file per rank and never removes it,
+    so every CPU run leaked memory until reboot. Each rank has mapped all of its peers' files
+    when init returns; after a barrier the names can go (the mappings stay valid)."""
+    shm, address, port = Path("/dev/shm"), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (shm.is_dir() and address and port):
+        return
+    barrier()
+    (shm / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{rank()}").unlink(missing_ok=True)
 
 
 def rank() -> int:
