@@ -68,13 +68,15 @@ def _parse_host_line(path: Path, number: int, line: str) -> Host:
     return Host(name, int(slots), number)
 
 
-def probe_host(name: str, multi_node: bool, timeout: float = 5.0) -> str | None:
-    """None if ``name`` resolves (and, for multi-node runs, takes a password-less ssh); else why not."""
+def probe_host(name: str, timeout: float = 5.0) -> str | None:
+    """None if ``name`` resolves and takes a password-less ssh; else why not.
+
+    The deepspeed launcher ssh-checks the first host and asks it for its address even when the
+    hostfile has one host, and reaches every other host by ssh (pdsh).
+    """
     if _quiet(["getent", "hosts", name], timeout) != 0:
         return "its name does not resolve (getent hosts)"
-    # the deepspeed launcher reaches the other nodes by ssh (pdsh); a one-host file runs locally
-    if multi_node and _quiet(["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(timeout)}",
-                              name, "true"], timeout + 5) != 0:
+    if _quiet(["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(timeout)}", name, "true"], timeout + 5):
         return f"'ssh -o BatchMode=yes {name} true' fails (the launcher needs password-less ssh to every host)"
     return None
 
@@ -87,11 +89,10 @@ def _quiet(command: list[str], timeout: float) -> int:
         return 1
 
 
-def check_hostfile(path: Path, probe: Callable[[str, bool], str | None] = probe_host) -> list[Host]:
+def check_hostfile(path: Path, probe: Callable[[str], str | None] = probe_host) -> list[Host]:
     """Parses the hostfile and probes every host; raises LaunchError naming each unreachable one."""
     hosts = parse_hostfile(path)
-    problems = [f"{path}:{h.line}: host {h.name}: {why}" for h in hosts
-                if (why := probe(h.name, len(hosts) > 1))]
+    problems = [f"{path}:{h.line}: host {h.name}: {why}" for h in hosts if (why := probe(h.name))]
     if problems:
         raise LaunchError("\n".join(problems) + "\nfix or remove these lines of the hostfile")
     return hosts

@@ -53,8 +53,8 @@ def test_unreachable_hosts_are_all_named_with_their_lines(tmp_path):
     path = write(tmp_path, "good slots=2\nbad1 slots=2\nbad2 slots=2\n")
     probed = []
 
-    def probe(name, multi_node):
-        probed.append((name, multi_node))
+    def probe(name):
+        probed.append(name)
         return None if name == "good" else "its name does not resolve"
 
     with pytest.raises(LaunchError) as err:
@@ -62,17 +62,17 @@ def test_unreachable_hosts_are_all_named_with_their_lines(tmp_path):
     assert str(err.value).splitlines() == [
         f"{path}:2: host bad1: its name does not resolve", f"{path}:3: host bad2: its name does not resolve",
         "fix or remove these lines of the hostfile"]
-    assert probed == [("good", True), ("bad1", True), ("bad2", True)]
+    assert probed == ["good", "bad1", "bad2"]
+    assert check_hostfile(write(tmp_path, "good slots=2\n"), probe) == [Host("good", 2, 1)]
 
 
-def test_one_host_file_is_probed_without_ssh(tmp_path):
-    # a one-host hostfile runs locally: resolving the name is enough
-    assert probe_host("localhost", multi_node=False) is None
-    assert check_hostfile(write(tmp_path, "localhost slots=2\n")) == [Host("localhost", 2, 1)]
-
-
-def test_a_name_that_does_not_resolve_is_reported():
-    assert "does not resolve" in probe_host("no-such-host.invalid", multi_node=False, timeout=5)
+def test_probe_resolves_the_name_then_tries_ssh(monkeypatch):
+    assert "does not resolve" in probe_host("no-such-host.invalid")
+    commands = []
+    monkeypatch.setattr("cats_ds.launchcheck._quiet", lambda command, timeout: commands.append(command[0]) or
+                        (255 if command[0] == "ssh" else 0))
+    assert "'ssh -o BatchMode=yes node7 true' fails" in probe_host("node7")
+    assert commands == ["getent", "ssh"]
 
 
 @pytest.mark.parametrize("nodelist, hosts", [
