@@ -38,6 +38,7 @@ class ModelConfig:
     ffn_dim: int = 0
     dropout: float = 0.1
     attention_dropout: float = 0.0
+    activation_checkpointing: bool = False  # recompute each layer's activations in backward: memory for time
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -71,10 +72,18 @@ def build_hf_config(config: ModelConfig, vocab_size: int, max_positions: int,
     )
 
 
-def build_model(hf_config: M2M100Config, seed: int) -> M2M100ForConditionalGeneration:
-    """Initializes the model deterministically from the seed (identical on every rank)."""
+def build_model(hf_config: M2M100Config, seed: int,
+                activation_checkpointing: bool = False) -> M2M100ForConditionalGeneration:
+    """Initializes the model deterministically from the seed (identical on every rank).
+
+    DeepSpeed's own activation_checkpointing section only applies to models that call
+    deepspeed.checkpointing themselves; transformers models checkpoint through this switch.
+    """
     torch.manual_seed(seed)
-    return M2M100ForConditionalGeneration(hf_config)
+    model = M2M100ForConditionalGeneration(hf_config)
+    if activation_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = data.tokenizer
     hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
                                 tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    model = build_model(hf_config, config.train.seed)
+    model = build_model(hf_config, config.train.seed, config.model.activation_checkpointing)
     log.info("model: %s, %s parameters; %d tasks: %s; world size %d", describe(config.model),
              f"{count_parameters(model):,}", len(data.task_names), ", ".join(data.task_names),
              distributed.world_size())

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The README's second command: set up, then run the whole test suite.
+# As root with CI=true or CATS_DS_SLURM=1 it first brings up a one-node Slurm cluster on this
+# machine for tests/test_slurm.py (which skips, saying why, where there is none) and stops it after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export DS_ACCELERATOR=cpu PYTHONUNBUFFERED=1
-exec .venv/bin/python -m pytest -q "$@"
+if [ "$(id -u)" = 0 ] && { [ "${CI:-}" = true ] || [ "${CATS_DS_SLURM:-}" = 1 ]; }; then
+  trap 'bash launch/slurm/local_cluster.sh stop' EXIT
+  bash launch/slurm/local_cluster.sh start || echo "WARNING: no local Slurm cluster; tests/test_slurm.py will skip" >&2
+fi
+.venv/bin/python -m pytest -q "$@"

@@ -5,16 +5,15 @@
 # default 2); with GPUs, one process per GPU unless -n says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/env.sh
 procs=""
 if [ "${1:-}" = "-n" ]; then procs="$2"; shift 2; fi
 if [ $# -lt 1 ]; then echo "usage: $0 [-n PROCESSES] CONFIG.yaml [key.sub=value ...]" >&2; exit 2; fi
 config="$1"; shift
 [ -f "$config" ] || { echo "$0: config file $config not found" >&2; exit 2; }
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+if has_nvidia_gpu; then
   procs="${procs:-$(nvidia-smi -L | wc -l)}"
 else
-  export DS_ACCELERATOR=cpu
   procs="${procs:-2}"
 fi
-export PYTHONUNBUFFERED=1
 exec .venv/bin/deepspeed --num_accelerators "$procs" --module cats_ds.train --config "$config" "$@"

@@ -10,6 +10,8 @@ import pytest
 from conftest import run_deepspeed
 
 STAGES = (1, 2, 3)
+EXACT_CONFIGS = ("ds_configs/zero3_persist.json",)   # fp32 variants held to the dense reference too
+LOW_PRECISION = ("ds_configs/zero2_bf16.json", "ds_configs/zero2_fp16.json", "ds_configs/zero3_bf16.json")
 
 
 def _relative(a, b) -> float:
@@ -21,8 +23,8 @@ def _relative(a, b) -> float:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("cats2") / "results.json"
-    run_deepspeed(["tests/dist/cats_exactness.py", str(out), *map(str, STAGES), "--precision", "bf16", "fp16"],
-                  processes=2)
+    run_deepspeed(["tests/dist/cats_exactness.py", str(out), *map(str, STAGES), "--configs", *EXACT_CONFIGS,
+                   *LOW_PRECISION], processes=2)
     return json.loads(out.read_text())
 
 
@@ -45,7 +47,16 @@ def test_scales_fixed_at_one_reproduce_plain_training(two_ranks, stage):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 def test_two_rank_cats_matches_dense_reference(two_ranks, stage):
-    run, reference = two_ranks["stages"][str(stage)]["cats"], two_ranks["reference"]
+    _assert_matches_reference(two_ranks["stages"][str(stage)]["cats"], two_ranks["reference"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ds_config", EXACT_CONFIGS)
+def test_two_rank_cats_matches_dense_reference_with_tuned_configs(two_ranks, ds_config):
+    _assert_matches_reference(two_ranks["configs"][ds_config], two_ranks["reference"])
+
+
+def _assert_matches_reference(run: dict, reference: dict) -> None:
     assert len(run["grams"]) == len(reference["grams"]) >= 5
     assert _relative(run["grams"], reference["grams"]) <= 1e-5
     assert _relative(run["params"], reference["params"]) <= 1e-5
@@ -58,12 +69,12 @@ def test_two_rank_cats_matches_dense_reference(two_ranks, stage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_low_precision_gram_is_unscaled_and_close_to_the_reference(two_ranks, dtype):
+@pytest.mark.parametrize("ds_config", LOW_PRECISION)
+def test_low_precision_gram_is_unscaled_and_close_to_the_reference(two_ranks, ds_config):
     # first step only: afterwards the low-precision weights drift from the float64 reference
-    gram, reference = two_ranks["precision"][dtype]["grams"][0], two_ranks["reference"]["grams"][0]
+    gram, reference = two_ranks["configs"][ds_config]["grams"][0], two_ranks["reference"]["grams"][0]
     assert _relative(gram, reference) <= 0.05
-    assert np.isfinite(two_ranks["precision"][dtype]["params"]).all()
+    assert np.isfinite(two_ranks["configs"][ds_config]["params"]).all()
 
 
 @pytest.mark.slow

@@ -92,6 +92,11 @@ def discard_gradients(engine) -> None:
     _clear_partition(engine.optimizer, engine.zero_optimization_stage())
 
 
+# the offload path keeps gradients on the CPU, outside the partition CATS rescales
+_OFFLOAD_REFUSAL = ("CATS does not support zero_optimization.offload_optimizer: remove it from the DeepSpeed "
+                    "config (e.g. ds_configs/zero2_offload.json -> ds_configs/zero2.json), or set cats.enabled=false")
+
+
 def _check_supported(engine, optimizer, stage: int) -> None:
     if stage == 0:
         raise UnsupportedSetupError("CATS needs ZeRO: set zero_optimization.stage to 1, 2 or 3 in the DeepSpeed "
@@ -103,8 +108,7 @@ def _check_supported(engine, optimizer, stage: int) -> None:
                 "data_types.grad_accum_dtype=fp32 selects DeepSpeed's BF16_Optimizer; use ZeRO-2, or drop "
                 "data_types.grad_accum_dtype")
         if optimizer.cpu_offload:
-            raise UnsupportedSetupError("CATS does not support zero_optimization.offload_optimizer: the offload path "
-                                        "keeps gradients on the CPU outside the partition CATS rescales; remove it")
+            raise UnsupportedSetupError(_OFFLOAD_REFUSAL)
         if any(optimizer._use_compact_grad_partition_buffer(i) for i in range(len(optimizer.bit16_groups))):
             raise UnsupportedSetupError("CATS does not support data_types.grad_accum_dtype different from the model "
                                         "dtype (DeepSpeed then accumulates across windows); remove that setting")
@@ -112,7 +116,7 @@ def _check_supported(engine, optimizer, stage: int) -> None:
         if not isinstance(optimizer, DeepSpeedZeroOptimizer_Stage3):
             raise UnsupportedSetupError(f"unexpected ZeRO-3 optimizer {type(optimizer).__name__}")
         if optimizer.offload_optimizer:
-            raise UnsupportedSetupError("CATS does not support zero_optimization.offload_optimizer; remove it")
+            raise UnsupportedSetupError(_OFFLOAD_REFUSAL)
     else:
         raise UnsupportedSetupError(f"zero_optimization.stage={stage} is not a ZeRO stage")
 
