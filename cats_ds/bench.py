@@ -99,15 +99,15 @@ class MemoryMeter:
     reset before each engine (/proc/self/clear_refs). glibc would keep the first engine's freed
     activations in its heap and hand them to the second unseen, so while measuring, every
     allocation of 64 KiB or more is mmapped and returned to the system when freed (mallopt);
-    ``timing()`` then restores heap reuse for the timed steps, at the threshold glibc's own
-    adaptive setting reaches in a long run (32 MiB).
+    ``timing()`` then restores heap reuse for the timed steps, at the thresholds glibc's own
+    adaptive setting reaches in a long run (mmap from 32 MiB, heap trimmed beyond 64 MiB free).
     """
 
-    _M_MMAP_THRESHOLD = -3
+    _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
     def __init__(self) -> None:
         self.cuda = torch.cuda.is_available()
-        self._mallopt(64 * 1024)
+        self._mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
 
     def start(self) -> float:
         gc.collect()
@@ -128,11 +128,12 @@ class MemoryMeter:
         return {"peak_mib": peak / 2 ** 20 - base, "held_mib": held / 2 ** 20 - base}
 
     def timing(self) -> None:
-        self._mallopt(32 * 2 ** 20)
+        self._mallopt(self._M_MMAP_THRESHOLD, 32 * 2 ** 20)
+        self._mallopt(self._M_TRIM_THRESHOLD, 64 * 2 ** 20)
 
-    def _mallopt(self, threshold: int) -> None:
+    def _mallopt(self, option: int, value: int) -> None:
         if not self.cuda and platform.libc_ver()[0] == "glibc":
-            ctypes.CDLL(ctypes.util.find_library("c")).mallopt(self._M_MMAP_THRESHOLD, threshold)
+            ctypes.CDLL(ctypes.util.find_library("c")).mallopt(option, value)
 
 
 def _vm_hwm_bytes() -> int:
