@@ -1,38 +1,61 @@
 """Cost of CATS: plain ZeRO and CATS ZeRO side by side, same process group, same batches.
 
-    DS_ACCELERATOR=cpu deepspeed --num_accelerators 2 --module cats_ds.bench [--stage 2] [--tasks 8]
-        [--config cats_ds/configs/bible8_cpu.yaml] [--steps 20] [key.sub=value ...]
+One measurement (run it under the launcher; prints one line per rank):
 
-Both engines start from the same weights and each step both consume the very same plan, in
-alternating order, so machine noise hits both alike. The model, batch and CATS settings come
-from the run config (default: the embedded default's), so the figures describe what users
-run. Printed per rank: mean step time of each (CATS's dev-batch meta pass, every
-cats.interval steps, is included in the mean), the ratio, the median ratio of steps without
-a meta pass, CATS's buffer memory against the partition size, and the peak memory (CUDA: max
-allocated per engine; CPU: the process's peak RSS, which covers both engines).
-Synthetic token data (random ids, Bible-like lengths) keeps the benchmark self-contained.
+    DS_ACCELERATOR=cpu deepspeed --num_accelerators 2 --module cats_ds.bench [--stage 2] [--tasks 8]
+        [--config cats_ds/configs/bible8_cpu.yaml] [--steps 20] [--warmup K] [--json FILE] [key.sub=value ...]
+
+The table over ZeRO stages and rank counts (launches the measurement once per combination and
+prints a markdown table; --out also writes it with the command, date, machine and load average):
+
+    DS_ACCELERATOR=cpu python -m cats_ds.bench --ranks 1 2 --stages 1 2 3 --steps 30 [--out FILE] [...]
+
+Both engines start from the same weights and consume the very same plans. Memory first: each
+engine is built and runs the warmup steps alone (by default up to CATS's first update, so its
+dev meta pass and meta buffer are included), and its memory is what it adds over the level
+before it was built: the peak, and what it still holds afterwards (CUDA: allocated bytes; CPU:
+resident set size; see ``MemoryMeter``). Then the timed steps alternate the two engines' order
+every step, so machine noise hits both alike. Reported per rank: mean step time (CATS's meta
+pass, every cats.interval steps, included), training tokens/s (source+target, all ranks), the
+ratio, the median ratio of steps without a meta pass, CATS's buffer memory against the
+partition size, and each engine's memory. The model, batch and CATS settings come from the run
+config (default: the embedded default's), so the figures describe what users run. Synthetic
+token data (random ids, Bible-like lengths) keeps the benchmark self-contained.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
+import datetime
+import gc
 import json
+import os
+import platform
 import resource
+import shlex
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 
 from cats_ds import distributed
-from cats_ds.config import CONFIG_DIR, load_config
+from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
 from cats_ds.model import build_hf_config, build_model, count_parameters
 from cats_ds.train import Run, build_cats, build_engine, train_step
 
 PAD, EOS = 1, 2
+METHODS = (("plain", False), ("cats", True))
 
 
 def synthetic_tasks(num_tasks: int, vocab: int, max_len: int, seed: int) -> list[TaskData]:
@@ -60,95 +83,260 @@ class FixedPlans:
         return self.plan
 
 
-def timed_step(run: Run) -> float:
+def timed_step(run: Run) -> tuple[float, float]:
+    """Seconds and training tokens (source+target, all ranks) of one optimizer step."""
     start = time.perf_counter()
-    train_step(run)
+    metrics = train_step(run)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, metrics["target_tokens"] + metrics["source_tokens"]
 
 
-def peak_memory_mib() -> float:
+class MemoryMeter:
+    """Memory an engine adds over the level before it was built: peak and held afterwards (MiB).
+
+    CUDA: the caching allocator's allocated bytes. CPU: resident set size, with the kernel's peak
+    reset before each engine (/proc/self/clear_refs). glibc would keep the first engine's freed
+    activations in its heap and hand them to the second unseen, so while measuring, every
+    allocation of 64 KiB or more is mmapped and returned to the system when freed (mallopt);
+    ``timing()`` then restores heap reuse for the timed steps, at the thresholds glibc's own
+    adaptive setting reaches in a long run (mmap from 32 MiB, heap trimmed beyond 64 MiB free).
+    """
+
+    _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self) -> None:
+        self.cuda = torch.cuda.is_available()
+        self._mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
+
+    def start(self) -> float:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated() / 2 ** 20
+        try:
+            Path("/proc/self/clear_refs").write_text("5")   # peak RSS := current RSS (Linux >= 4.0)
+        except OSError:
+            pass    # the peak is then the process's lifetime peak: an upper bound
+        return psutil.Process().memory_info().rss / 2 ** 20
+
+    def since(self, base: float) -> dict[str, float]:
+        if self.cuda:
+            peak, held = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+        else:
+            peak, held = _vm_hwm_bytes(), psutil.Process().memory_info().rss
+        return {"peak_mib": peak / 2 ** 20 - base, "held_mib": held / 2 ** 20 - base}
+
+    def timing(self) -> None:
+        self._mallopt(self._M_MMAP_THRESHOLD, 32 * 2 ** 20)
+        self._mallopt(self._M_TRIM_THRESHOLD, 64 * 2 ** 20)
+
+    def _mallopt(self, option: int, value: int) -> None:
+        if not self.cuda and platform.libc_ver()[0] == "glibc":
+            ctypes.CDLL(ctypes.util.find_library("c")).mallopt(option, value)
+
+
+def _vm_hwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def process_peak_mib() -> float:
+    """The whole process's peak (both engines): CUDA max allocated, else peak RSS."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(CONFIG_DIR / "bible8_cpu.yaml"))
-    parser.add_argument("--stage", type=int, default=2)
-    parser.add_argument("--tasks", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", help="also write the results to this file (rank 0)")
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. cats.interval=1")
-    args = parser.parse_args(argv)
+def first_update_step(config: RunConfig) -> int:
+    """The step of CATS's first update (with its dev meta pass): cats.warmup_steps + cats.interval."""
+    return config.cats.warmup_steps + config.cats.interval
+
+
+def make_run(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans, cats: bool) -> Run:
+    run_config = copy.deepcopy(config)
+    run_config.cats.enabled = cats
+    engine = build_engine(run_config, copy.deepcopy(model))
+    return Run(run_config, engine, tasks, tasks, plans, build_cats(run_config, engine, tasks), PAD, EOS)
+
+
+def build_runs(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans, warmup_plans: list,
+               meter: MemoryMeter) -> tuple[dict[str, Run], dict[str, dict]]:
+    """Builds plain then CATS, each warmed up alone on the same plans; returns runs and their memory.
+
+    A throwaway plain engine takes one step first, so that one-time costs (library set-up, the
+    first collectives' buffers) are in neither engine's figure.
+    """
+    primer = make_run(config, model, tasks, plans, cats=False)
+    plans.plan = warmup_plans[0]
+    train_step(primer)
+    del primer
+    runs, memory = {}, {}
+    for name, cats in METHODS:
+        base = meter.start()
+        runs[name] = make_run(config, model, tasks, plans, cats)
+        for plan in warmup_plans:
+            plans.plan = plan
+            train_step(runs[name])
+        memory[name] = meter.since(base)
+    return runs, memory
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One stage at this launch's world size; returns this rank's result (printed on rank 0)."""
     distributed.init()
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
         torch.set_flush_denormal(True)
+    meter = MemoryMeter()
     config = load_config(args.config, [f"train.ds_config=ds_configs/zero{args.stage}.json", *args.overrides])
     tasks = synthetic_tasks(args.tasks, config.data.vocab_size, config.data.max_len, seed=1)
     model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0, EOS),
                         config.train.seed)
     probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
-    sampler = LanguageSyncSampler([t.lengths() for t in tasks], probs, config.sampling.tokens_per_step, config.sampling.max_tokens_per_micro,
-                                  seed=1, rank=distributed.rank(), world_size=distributed.world_size(),
-                                  sort_block=config.sampling.sort_block)
+    sampler = LanguageSyncSampler([t.lengths() for t in tasks], probs, config.sampling.tokens_per_step,
+                                  config.sampling.max_tokens_per_micro, seed=1, rank=distributed.rank(),
+                                  world_size=distributed.world_size(), sort_block=config.sampling.sort_block)
     plans = FixedPlans()
-    runs = {}
-    for name, enabled in (("plain", False), ("cats", True)):
-        run_config = copy.deepcopy(config)
-        run_config.cats.enabled = enabled
-        engine = build_engine(run_config, copy.deepcopy(model))
-        runs[name] = Run(run_config, engine, tasks, tasks, plans, build_cats(run_config, engine, tasks), PAD, EOS)
-    times = {"plain": [], "cats": []}
+    warmup = args.warmup if args.warmup is not None else first_update_step(config)
+    runs, memory = build_runs(config, model, tasks, plans, [sampler.next_step() for _ in range(warmup)], meter)
+    meter.timing()
+    times, tokens = {"plain": [], "cats": []}, {"plain": 0.0, "cats": 0.0}
     without_meta = []   # CATS/plain ratio of the steps that ran no meta pass
-    peaks = {}
-    for step in range(args.warmup + args.steps):
+    for step in range(args.steps):
         plans.plan = sampler.next_step()
         meta_step = runs["cats"].cats.scaler.update_due() and config.cats.meta_source == "dev"
-        order = ("plain", "cats") if step % 2 == 0 else ("cats", "plain")
         elapsed = {}
-        for name in order:
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            elapsed[name] = timed_step(runs[name])
-            peaks[name] = max(peaks.get(name, 0.0), peak_memory_mib())
-        if step >= args.warmup:
-            for name in elapsed:
-                times[name].append(elapsed[name])
-            if not meta_step:
-                without_meta.append(elapsed["cats"] / elapsed["plain"])
+        for name in (("plain", "cats") if step % 2 == 0 else ("cats", "plain")):
+            elapsed[name], step_tokens = timed_step(runs[name])
+            times[name].append(elapsed[name])
+            tokens[name] += step_tokens
+        if not meta_step:
+            without_meta.append(elapsed["cats"] / elapsed["plain"])
     buffers = runs["cats"].cats.buffers
-    partition = buffers.tasks.shape[1]
     result = {
         "stage": args.stage, "world_size": distributed.world_size(), "tasks": args.tasks,
-        "parameters": count_parameters(model), "cats_interval": config.cats.interval,
+        "parameters": count_parameters(model), "cats_interval": config.cats.interval, "warmup": warmup,
+        "steps": args.steps, "tokens_per_step": config.sampling.tokens_per_step,
         "plain_step_s": statistics.mean(times["plain"]), "cats_step_s": statistics.mean(times["cats"]),
+        "plain_tokens_per_s": tokens["plain"] / sum(times["plain"]),
+        "cats_tokens_per_s": tokens["cats"] / sum(times["cats"]),
         "ratio_without_meta_pass": statistics.median(without_meta) if without_meta else float("nan"),
-        "partition_elements": partition,
-        "cats_buffer_mib": (buffers.tasks.numel() * buffers.tasks.element_size()
-                            + (buffers.meta.numel() * buffers.meta.element_size() if buffers.meta is not None else 0))
+        "partition_elements": buffers.tasks.shape[1],
+        "cats_buffer_mib": sum(t.numel() * t.element_size() for t in (buffers.tasks, buffers.meta) if t is not None)
         / 2 ** 20,
-        "peak_mib": peaks,
+        "memory": memory, "process_peak_mib": process_peak_mib(),
     }
     result["ratio"] = result["cats_step_s"] / result["plain_step_s"]
-    result["tokens_per_step"] = config.sampling.tokens_per_step
     report = distributed.all_gather_objects(result)
     if distributed.rank() == 0:
         for r, item in enumerate(report):
             print(f"rank {r}: ZeRO-{item['stage']} W={item['world_size']} N={item['tasks']} "
                   f"params={item['parameters']:,} plain {item['plain_step_s']:.3f}s cats {item['cats_step_s']:.3f}s "
                   f"ratio {item['ratio']:.3f} (steps without meta pass: {item['ratio_without_meta_pass']:.3f}); "
+                  f"tokens/s plain {item['plain_tokens_per_s']:.0f} cats {item['cats_tokens_per_s']:.0f}; "
                   f"partition {item['partition_elements']:,} elements, "
-                  f"CATS buffers {item['cats_buffer_mib']:.1f} MiB; peak {json.dumps(item['peak_mib'])} MiB")
+                  f"CATS buffers {item['cats_buffer_mib']:.1f} MiB; "
+                  f"memory {json.dumps(item['memory'])} MiB; process peak {item['process_peak_mib']:.0f} MiB")
         if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(report, handle, indent=2)
+            Path(args.json).write_text(json.dumps(report, indent=2))
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# the table over stages and rank counts
+
+
+def launch(args: argparse.Namespace, world: int, stage: int, json_path: Path) -> list[dict]:
+    """Runs one measurement under the deepspeed launcher; returns its per-rank results."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    command = [str(launcher), "--num_accelerators", str(world), "--master_port", str(distributed._free_port()),
+               "--module", "cats_ds.bench", "--config", args.config, "--stage", str(stage), "--tasks", str(args.tasks),
+               "--steps", str(args.steps), "--json", str(json_path),
+               *(["--warmup", str(args.warmup)] if args.warmup is not None else []), *args.overrides]
+    result = subprocess.run(command, text=True, capture_output=True)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark ZeRO-{stage} W={world} failed ({result.returncode}):\n"
+                         f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    print("\n".join(line for line in result.stdout.splitlines() if line.startswith("rank ")), flush=True)
+    return json.loads(json_path.read_text())
+
+
+def markdown_table(reports: list[list[dict]]) -> str:
+    """One row per launch: time and tokens/s (mean over ranks), memory per rank (max over ranks)."""
+    lines = ["| ZeRO | ranks | plain s/step | CATS s/step | CATS/plain time | without meta pass "
+             "| plain tokens/s | CATS tokens/s | plain peak MiB | CATS peak MiB | CATS/plain peak "
+             "| CATS buffers MiB | process peak MiB |",
+             "|---:|---:|" + "---:|" * 11]
+    for ranks in reports:
+        plain_s, cats_s = _mean(ranks, "plain_step_s"), _mean(ranks, "cats_step_s")
+        plain_peak, cats_peak = (max(r["memory"][m]["peak_mib"] for r in ranks) for m in ("plain", "cats"))
+        cells = [ranks[0]["stage"], ranks[0]["world_size"], f"{plain_s:.3f}", f"{cats_s:.3f}",
+                 f"{cats_s / plain_s:.3f}", f"{_mean(ranks, 'ratio_without_meta_pass'):.3f}",
+                 f"{_mean(ranks, 'plain_tokens_per_s'):.0f}", f"{_mean(ranks, 'cats_tokens_per_s'):.0f}",
+                 f"{plain_peak:.0f}", f"{cats_peak:.0f}", f"{cats_peak / plain_peak:.2f}",
+                 f"{max(r['cats_buffer_mib'] for r in ranks):.1f}", f"{max(r['process_peak_mib'] for r in ranks):.0f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean(ranks: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in ranks)
+
+
+def table(args: argparse.Namespace) -> str:
+    load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with tempfile.TemporaryDirectory() as tmp:
+        reports = [launch(args, world, stage, Path(tmp) / f"w{world}_s{stage}.json")
+                   for world in args.ranks for stage in args.stages]
+    text = markdown_table(reports)
+    first, seconds = reports[0][0], (datetime.datetime.now(datetime.timezone.utc) - started).seconds
+    header = (f"Command: `{shlex.join(['python', '-m', 'cats_ds.bench', *sys.argv[1:]])}`\n\n"
+              f"Started {started:%Y-%m-%d %H:%M} UTC, took {seconds} s; {_machine()}; load average (1, 5, 15 min) "
+              f"before {_load(load_before)}, after {_load(os.getloadavg())}.\n"
+              f"{first['parameters']:,} parameters, N={first['tasks']} tasks, {first['tokens_per_step']} tokens per "
+              f"step, {first['warmup']} warmup and {first['steps']} timed steps per engine, CATS interval "
+              f"{first['cats_interval']}.\n")
+    if args.out:
+        Path(args.out).write_text(header + "\n" + text + "\n")
+    return header + "\n" + text
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), 1 thread per rank"
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def main(argv: list[str] | None = None) -> dict | str:
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(CONFIG_DIR / "bible8_cpu.yaml"))
+    parser.add_argument("--stage", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, help="untimed steps per engine, >= 1 (default: up to CATS's first update)")
+    parser.add_argument("--json", help="also write the results to this file (rank 0)")
+    parser.add_argument("--ranks", type=int, nargs="+", help="table mode: launch once per rank count and stage")
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3], help="table mode: ZeRO stages")
+    parser.add_argument("--out", help="table mode: also write the table (with command, date, machine) here")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. cats.interval=1")
+    args = parser.parse_args(argv)
+    if args.warmup is not None and args.warmup < 1:
+        parser.error("--warmup must be >= 1: the memory figures need each engine's first optimizer step")
+    if args.ranks:
+        text = table(args)
+        print(text)
+        return text
+    return measure(args)
 
 
 if __name__ == "__main__":

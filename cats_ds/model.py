@@ -22,7 +22,9 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
     "big": (1024, 6, 6, 16, 4096),          # transformer-big
     "deep": (512, 18, 18, 8, 2048),         # overparameterized in depth
     "wide": (2048, 6, 6, 16, 8192),         # overparameterized in width
-    "xl": (2048, 24, 24, 32, 8192),         # about 2.4B with a 64k vocabulary
+    "1b": (1536, 16, 16, 24, 6144),         # about 1.2B with a 64k vocabulary
+    "xl": (2048, 24, 24, 32, 8192),         # about 3.0B with a 64k vocabulary
+    "6b": (4096, 12, 12, 32, 16384),        # about 5.9B with a 64k vocabulary
 }
 
 

@@ -8,17 +8,25 @@ import torch
 from cats_ds.model import PRESETS, ModelConfig, build_hf_config, build_model, count_parameters, estimate_parameters
 
 
-@pytest.mark.parametrize("preset", ["tiny", "cpu-small"])
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "cpu-small"])
 def test_parameter_estimate_matches_the_built_model(preset):
     config = ModelConfig(preset=preset)
     model = build_model(build_hf_config(config, 500, 40, 1, 0, 2), seed=0)
     assert estimate_parameters(config, 500) == count_parameters(model)
 
 
-def test_presets_grow_to_billions():
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_parameter_estimate_matches_every_preset_built_without_memory(preset):
+    config = ModelConfig(preset=preset)
+    with torch.device("meta"):   # shapes only: the 6B preset costs nothing
+        model = build_model(build_hf_config(config, 64000, 130, 1, 0, 2), seed=0)
+    assert estimate_parameters(config, 64000) == count_parameters(model)
+
+
+def test_presets_grow_to_several_billions():
     sizes = {name: estimate_parameters(ModelConfig(preset=name), 64000) for name in PRESETS}
-    assert sizes["tiny"] < sizes["cpu-small"] < sizes["base"] < sizes["big"] < sizes["xl"]
-    assert sizes["xl"] > 2e9
+    assert sizes["tiny"] < sizes["cpu-small"] < sizes["base"] < sizes["big"] < sizes["1b"] < sizes["xl"] < sizes["6b"]
+    assert 1e9 < sizes["1b"] < 1.5e9 and sizes["6b"] > 5e9
 
 
 def test_same_seed_same_weights():

@@ -1,0 +1,342 @@
+"""Scaling sweeps: a spec -> a jobs file, local runs of it, and a results table with plots.
+
+    python -m cats_ds.sweep emit SPEC.yaml --out DIR     # DIR/jobs.txt, one job a line: CONFIG.yaml key=value ...
+    python -m cats_ds.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here one after another
+    python -m cats_ds.sweep collect DIR                  # DIR/results.md and DIR/plots/*.png
+
+A job is every combination of ``presets`` x ``tokens_per_step`` x ``methods``; job
+``{preset}_t{tokens}_{method}`` trains in DIR/{name}. Each jobs-file line is the base config
+followed by the overrides ``overrides`` (common), the method's, then ``model.preset``,
+``sampling.tokens_per_step``, ``optim.lr`` and ``train.run_dir``; launch/slurm/array.sbatch
+runs line i+1 in array task i through launch/train.sh, and ``run`` runs the same lines
+(launch/train.sh, or ``python -m cats_ds.train`` for ``processes: 1``), skipping jobs whose
+results.json exists.
+
+Learning-rate rule for the batch size (``lr_rule``): optim.lr = base_lr x (tokens_per_step /
+base_tokens_per_step)^e with e = 0.5 for ``sqrt`` (square-root scaling, the usual rule for
+Adam), 1 for ``linear``, 0 for ``none``; base_lr and base_tokens_per_step default to the base
+config's optim.lr and sampling.tokens_per_step (after the common overrides).
+
+Spec keys (a YAML mapping; unknown keys and bad values are errors naming the key):
+
+    base_config: cats_ds/configs/bible8_cpu.yaml   # path relative to the repository root, or absolute
+    presets: [tiny, cpu]                           # cats_ds.model presets
+    tokens_per_step: [800, 1600]
+    methods: {plain: [cats.enabled=false], cats: [cats.enabled=true]}   # name -> overrides (the default)
+    lr_rule: sqrt                                  # sqrt | linear | none
+    base_lr: 0                                     # 0: the base config's optim.lr
+    base_tokens_per_step: 0                        # 0: the base config's sampling.tokens_per_step
+    overrides: [train.max_steps=30]                # for every job
+    processes: 0                                   # for `run`: 0 launch/train.sh's default, 1 no launcher, n: -n n
+
+``collect`` reads every DIR/*/config.yaml with its results.json (final dev loss, test BLEU)
+and metrics.jsonl (parameters, last train loss, tokens/s); runs without results.json are
+listed as unfinished and left out of the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import yaml  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cats_ds.config import load_config  # noqa: E402
+from cats_ds.configio import ConfigError, from_dict, load_yaml  # noqa: E402
+from cats_ds.metrics import read_metrics  # noqa: E402
+from cats_ds.model import PRESETS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LR_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
+SWEEP_KEYS = ("model.preset", "sampling.tokens_per_step", "optim.lr", "train.run_dir")  # set per job
+JOBS_FILE, JOB_INFO, RESULTS_TABLE = "jobs.txt", "sweep.json", "results.md"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class SweepSpec:
+    base_config: str
+    presets: list[str]
+    tokens_per_step: list[int]
+    methods: dict[str, list[str]] = field(
+        default_factory=lambda: {"plain": ["cats.enabled=false"], "cats": ["cats.enabled=true"]})
+    lr_rule: Literal["sqrt", "linear", "none"] = "sqrt"
+    base_lr: float = 0.0
+    base_tokens_per_step: int = 0
+    overrides: list[str] = field(default_factory=list)
+    processes: int = 0
+
+    def __post_init__(self) -> None:
+        _check_list("presets", self.presets)
+        for i, preset in enumerate(self.presets):
+            if preset not in PRESETS:
+                raise ValueError(f"presets[{i}]: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        _check_list("tokens_per_step", self.tokens_per_step)
+        if min(self.tokens_per_step) < 1:
+            raise ValueError(f"tokens_per_step: values must be >= 1, got {self.tokens_per_step}")
+        if not self.methods:
+            raise ValueError("methods: at least one method (name -> overrides) is needed")
+        for name, overrides in self.methods.items():
+            if not _NAME.match(name):
+                raise ValueError(f"methods.{name}: a method name may hold only letters, digits, '_', '.', '-'")
+            _check_overrides(f"methods.{name}", overrides)
+        _check_overrides("overrides", self.overrides)
+        if self.base_lr < 0 or self.base_tokens_per_step < 0 or self.processes < 0:
+            raise ValueError("base_lr, base_tokens_per_step and processes must be >= 0")
+
+
+def _check_list(key: str, values: list) -> None:
+    if not values:
+        raise ValueError(f"{key}: at least one value is needed")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key}: repeated values in {values}")
+
+
+def _check_overrides(key: str, overrides: list[str]) -> None:
+    for i, item in enumerate(overrides):
+        name, sep, _ = item.partition("=")
+        if not sep or not name or any(c.isspace() for c in item):
+            raise ValueError(f"{key}[{i}]: {item!r} is not key.sub=value without spaces (the jobs file "
+                             "separates words by spaces)")
+        if name in SWEEP_KEYS:
+            raise ValueError(f"{key}[{i}]: {name} is set by the sweep for every job; use presets, "
+                             "tokens_per_step, base_lr or --out instead")
+
+
+def load_spec(path: Path) -> SweepSpec:
+    try:
+        return from_dict(SweepSpec, load_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# emit and run
+
+
+@dataclass
+class Job:
+    name: str
+    method: str
+    preset: str
+    tokens_per_step: int
+    lr: float
+    config: str                 # absolute path of the base config
+    overrides: list[str]
+    run_dir: Path
+
+    def line(self) -> str:
+        return " ".join([self.config, *self.overrides])
+
+
+def plan_jobs(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
+    """Every job of the spec, each config checked by loading it (errors name the job and the key)."""
+    base = Path(spec.base_config)
+    base = base if base.is_absolute() else REPO / base
+    if not base.is_file():
+        raise ConfigError(f"{spec_path}: base_config: {base} does not exist")
+    out = out.resolve()
+    if any(c.isspace() for c in str(out) + str(base)):
+        raise ConfigError(f"{out} or {base}: paths in a jobs file may not contain spaces")
+    common = load_config(base, spec.overrides)
+    base_lr = spec.base_lr or common.optim.lr
+    base_tokens = spec.base_tokens_per_step or common.sampling.tokens_per_step
+    jobs = []
+    for preset in spec.presets:
+        for tokens in spec.tokens_per_step:
+            for method, method_overrides in spec.methods.items():
+                name = f"{preset}_t{tokens}_{method}"
+                lr = _round(base_lr * (tokens / base_tokens) ** LR_EXPONENTS[spec.lr_rule])
+                overrides = [*spec.overrides, *method_overrides, f"model.preset={preset}",
+                             f"sampling.tokens_per_step={tokens}", f"optim.lr={_yaml_scalar(lr)}",
+                             f"train.run_dir={out / name}"]
+                try:
+                    load_config(base, overrides)
+                except (ConfigError, ValueError) as err:
+                    raise ConfigError(f"{spec_path}: job {name}: {err}") from None
+                jobs.append(Job(name, method, preset, tokens, lr, str(base), overrides, out / name))
+    return jobs
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _yaml_scalar(value: float) -> str:
+    """The value as YAML reads it back as a float (a bare 2e-05 would be read as a string)."""
+    return yaml.safe_dump(value).splitlines()[0]
+
+
+def emit(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
+    """Writes DIR/jobs.txt and each job's DIR/{name}/sweep.json (method, preset, lr: for collect)."""
+    jobs = plan_jobs(spec, spec_path, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JOBS_FILE).write_text("".join(job.line() + "\n" for job in jobs))
+    for job in jobs:
+        job.run_dir.mkdir(exist_ok=True)
+        info = {"method": job.method, "preset": job.preset, "tokens_per_step": job.tokens_per_step, "lr": job.lr}
+        (job.run_dir / JOB_INFO).write_text(json.dumps(info, indent=2))
+    return jobs
+
+
+def job_command(job: Job, processes: int) -> list[str]:
+    """The deepspeed launcher through launch/train.sh, or one process without a launcher."""
+    if processes == 1:
+        return [sys.executable, "-m", "cats_ds.train", "--config", job.config, *job.overrides]
+    return ["bash", str(REPO / "launch" / "train.sh"), *(["-n", str(processes)] if processes else []),
+            job.config, *job.overrides]
+
+
+def run(spec: SweepSpec, spec_path: Path, out: Path) -> None:
+    """Runs the jobs in sequence (output in DIR/{name}/train.log); stops at the first failure."""
+    for job in tqdm(emit(spec, spec_path, out), desc="sweep", unit="job"):
+        if (job.run_dir / "results.json").exists():
+            tqdm.write(f"{job.name}: results.json exists, skipped")
+            continue
+        log_path = job.run_dir / "train.log"
+        with open(log_path, "w") as log:
+            code = subprocess.run(job_command(job, spec.processes), cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise SystemExit(f"sweep job {job.name} failed with exit code {code}; see {log_path}")
+
+
+# ----------------------------------------------------------------------------------------------
+# collect
+
+
+@dataclass
+class RunSummary:
+    name: str
+    method: str
+    preset: str
+    parameters: int
+    tokens_per_step: int
+    lr: float
+    steps: int
+    train_loss: float
+    tokens_per_second: float
+    results: dict | None        # results.json, None while the run is unfinished
+
+    def value(self, key: str) -> float:
+        """dev_loss / dev_loss_low from the final dev evaluation, bleu* from the test set."""
+        if self.results is None:
+            return float("nan")
+        source = self.results["dev"] if key.startswith("dev_") else self.results
+        return float(source.get(key, float("nan")))
+
+
+def summarize(run_dir: Path) -> RunSummary | None:
+    """One run's summary, or None when it has not written its run record yet."""
+    metrics = run_dir / "metrics.jsonl"
+    runs = read_metrics(metrics, "run") if metrics.exists() else []
+    if not runs:
+        return None
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    train = read_metrics(metrics, "train")
+    info = json.loads((run_dir / JOB_INFO).read_text()) if (run_dir / JOB_INFO).exists() else {}
+    results_path = run_dir / "results.json"
+    return RunSummary(
+        name=run_dir.name,
+        method=info.get("method", "cats" if config["cats"]["enabled"] else "plain"),
+        preset=config["model"]["preset"], parameters=runs[-1]["parameters"],
+        tokens_per_step=config["sampling"]["tokens_per_step"], lr=config["optim"]["lr"],
+        steps=train[-1]["step"] if train else 0,
+        train_loss=train[-1]["loss"] if train else float("nan"),
+        tokens_per_second=statistics.median(r["tokens_per_second"] for r in train) if train else float("nan"),
+        results=json.loads(results_path.read_text()) if results_path.exists() else None)
+
+
+COLUMNS = (("dev loss", "dev_loss"), ("dev loss (low)", "dev_loss_low"), ("BLEU", "bleu"),
+           ("BLEU (low)", "bleu_low"), ("BLEU (high)", "bleu_high"))
+
+
+def results_table(rows: list[RunSummary]) -> str:
+    lines = ["| run | method | preset | parameters | tokens/step | lr | steps | train loss | tokens/s | "
+             + " | ".join(title for title, _ in COLUMNS) + " |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(COLUMNS)]
+    for row in rows:
+        finished = [f"{row.value(key):.3f}" if key.startswith("dev") else f"{row.value(key):.2f}"
+                    for _, key in COLUMNS] if row.results else ["unfinished"] + [""] * (len(COLUMNS) - 1)
+        cells = [row.name, row.method, row.preset, f"{row.parameters:,}", str(row.tokens_per_step), f"{row.lr:.4g}",
+                 str(row.steps), f"{row.train_loss:.3f}", f"{row.tokens_per_second:.0f}", *finished]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scaling(rows: list[RunSummary], out_dir: Path) -> list[Path]:
+    """Dev loss and BLEU against parameters (a line per method and batch) and against tokens per step."""
+    out_dir.mkdir(exist_ok=True)
+    finished = [r for r in rows if r.results is not None]
+    written = []
+    for key, ylabel in (("dev_loss", "final dev loss (nats per target token)"), ("bleu", "test BLEU")):
+        written.append(_lines(out_dir / f"{key}_vs_parameters.png", finished, "parameters",
+                              lambda r: (r.method, f"{r.tokens_per_step} tokens/step"), key, ylabel))
+        written.append(_lines(out_dir / f"{key}_vs_tokens_per_step.png", finished, "tokens_per_step",
+                              lambda r: (r.method, r.preset), key, ylabel))
+    return written
+
+
+def _lines(path: Path, rows: list[RunSummary], x_key: str, group, y_key: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label in sorted({group(r) for r in rows}):
+        points = sorted((getattr(r, x_key), r.value(y_key)) for r in rows if group(r) == label)
+        ax.plot(*zip(*points), marker="o", linewidth=1.2, label=", ".join(label))
+    ax.set_xscale("log")
+    ax.set_xlabel(x_key.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def collect(out: Path) -> tuple[Path, list[Path]]:
+    summaries = (summarize(config.parent) for config in sorted(out.glob("*/config.yaml")))
+    rows = sorted((s for s in summaries if s is not None), key=lambda r: (r.method, r.parameters, r.tokens_per_step))
+    if not rows:
+        raise ValueError(f"{out}: no run directories with config.yaml and a run record in metrics.jsonl")
+    table = out / RESULTS_TABLE
+    table.write_text(f"# Sweep results: {out}\n\n{results_table(rows)}\n")
+    return table, plot_scaling(rows, out / "plots")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("emit", "run"):
+        sub = commands.add_parser(name)
+        sub.add_argument("spec", type=Path)
+        sub.add_argument("--out", type=Path, required=True, help="sweep directory (jobs file, one run dir per job)")
+    commands.add_parser("collect").add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "emit":
+        jobs = emit(load_spec(args.spec), args.spec, args.out)
+        print(f"{len(jobs)} jobs in {args.out / JOBS_FILE}")
+    elif args.command == "run":
+        run(load_spec(args.spec), args.spec, args.out)
+        print(f"sweep done; python -m cats_ds.sweep collect {args.out}")
+    else:
+        table, plots = collect(args.out)
+        print(table.read_text())
+        print("\n".join(str(p) for p in plots))
+
+
+if __name__ == "__main__":
+    main()
