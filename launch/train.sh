@@ -16,4 +16,5 @@ if has_nvidia_gpu; then
 else
   procs="${procs:-2}"
 fi
-exec .venv/bin/deepspeed --num_accelerators "$procs" --module cats_ds.train --config "$config" "$@"
+exec .venv/bin/deepspeed --num_accelerators "$procs" --master_port "${MASTER_PORT:-29500}" \
+  --module cats_ds.train --config "$config" "$@"

@@ -21,7 +21,7 @@ def deepspeed_command(processes: int) -> list[str]:
         if found is None:
             raise FileNotFoundError("the deepspeed launcher is not installed next to this Python")
         launcher = Path(found)
-    return [str(launcher), "--num_accelerators", str(processes), "--master_port", str(_free_port())]
+    return [str(launcher), "--num_accelerators", str(processes), "--master_port", str(free_port())]
 
 
 def run_deepspeed(args: list[str], processes: int, timeout: int = 600, env: dict | None = None,
@@ -36,7 +36,7 @@ def run_deepspeed(args: list[str], processes: int, timeout: int = 600, env: dict
     return result
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from cats_ds.metrics import read_metrics
-from conftest import REPO, run_deepspeed
+from conftest import REPO, free_port, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,15 @@ def train(workspace, name: str, processes: int = 2, **sections):
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    return train(workspace, "full", train={"max_steps": 40})
+    """40 steps through the README's single-node script, launch/train.sh, on 2 CPU processes."""
+    root, corpus, cache = workspace
+    config = write_config(root / "full.yaml", corpus, root / "full", cache)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
+           "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+    result = subprocess.run(["bash", "launch/train.sh", "-n", "2", str(config), "train.max_steps=40"], cwd=REPO,
+                            env=env, text=True, capture_output=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return root / "full"
 
 
 def test_training_lowers_the_loss_and_writes_results(trained):
