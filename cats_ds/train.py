@@ -502,9 +502,12 @@ def main(argv: list[str] | None = None) -> dict:
                  resume.saved_world_size)
 
     writer = MetricsWriter(run_dir, rank == 0)
-    writer.write("run", run.step, {"tasks": data.task_names, "low_resource": sorted(data.low_resource),
-                                   "parameters": count_parameters(model), "world_size": distributed.world_size(),
-                                   "sampling_probs": probs.tolist(), "cats": config.cats.enabled})
+    record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,
+              "parameters": count_parameters(model), "world_size": distributed.world_size(),
+              "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None}
+    if run.cats:   # the TaskScaler state training starts (or resumes) from
+        record["cats_state"] = {"alpha": run.cats.scaler.alpha.tolist(), **run.cats.scaler.describe()}
+    writer.write("run", run.step, record)
     with StopSignals() as signals:
         stop = train_loop(run, data, writer, checkpoints, signals)
     if stop == "signal":

@@ -128,6 +128,11 @@ def test_resume_at_another_world_size(workspace, before, after):
     loaded = load_file(run_dir / "export" / "model.safetensors")
     assert all(torch.equal(saved[key], loaded[key]) for key in saved)
     assert (run_dir / "checkpoints" / "step00000006.universal").is_dir()
+    saved_cats = read_metrics(saved_dir / "metrics.jsonl", "train")[-1]["cats"]
+    start = read_metrics(run_dir / "metrics.jsonl", "run")[-1]
+    assert start["resumed_from"] == "step00000006.universal" and start["world_size"] == after
+    for key in ("alpha", "lambda", "ema_plain_sq_norm", "steps", "updates"):
+        assert np.allclose(start["cats_state"][key], saved_cats[key], rtol=1e-6, atol=0), key
     _, resumed = launch(workspace, name, processes=after, train={"max_steps": 8})
     records = read_metrics(run_dir / "metrics.jsonl", "train")
     assert [r["step"] for r in records] == [7, 8] and all(np.isfinite(r["loss"]) for r in records)
