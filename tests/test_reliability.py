@@ -103,16 +103,19 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_result(workspace, uninterrup
     assert_same_state(run_dir, uninterrupted)
 
 
-@pytest.mark.parametrize("fault", ["sigterm:step:5:rank=0", "sigusr1:step:5:rank=1"])
-def test_a_stop_signal_saves_and_exits_cleanly_then_resumes(workspace, uninterrupted, fault):
+@pytest.mark.parametrize("fault, resume", [("sigterm:step:5:rank=0", False), ("sigusr1:step:5:rank=1", True)])
+def test_a_stop_signal_saves_and_exits_cleanly(workspace, uninterrupted, fault, resume):
+    """Either signal, on any one rank, stops every rank after a checkpoint of the step they are in;
+    resuming from it (checked once, the resume path is the crash tests') ends where the uninterrupted run does."""
     name = fault.split(":")[0]
     run_dir, stopped = launch(workspace, name, fault=fault)
     assert stopped.returncode == 0
     assert f"{name.upper()} received: checkpoint of step 5 saved" in stopped.stdout
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step00000005"
     assert not (run_dir / "results.json").exists()
-    launch(workspace, name)
-    assert_same_state(run_dir, uninterrupted)
+    if resume:
+        launch(workspace, name)
+        assert_same_state(run_dir, uninterrupted)
 
 
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
