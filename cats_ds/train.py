@@ -85,7 +85,8 @@ class Run:
 def train_step(run: Run) -> dict:
     """Runs one optimizer step and returns its metrics (identical on every rank).
 
-    A step whose loss or gradient is not finite is skipped (see ``_skip_nonfinite``)."""
+    A step whose loss, gradient or CATS statistics are not finite is skipped: no optimizer
+    update, the TaskScaler untouched (fp16: DeepSpeed's loss scaler skips it); see _count_nonfinite."""
     config, engine, cats = run.config, run.engine, run.cats
     world = distributed.world_size()
     plan = run.sampler.next_step()
