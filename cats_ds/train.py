@@ -36,7 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from cats_ds import checkpoint, distributed, faults
-from cats_ds.cats import TaskScaler
+from cats_ds.cats import GradientSurgery, TaskScaler
 from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers, discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
 from cats_ds.data import pipeline
@@ -52,9 +52,10 @@ log = logging.getLogger("cats_ds.train")
 
 @dataclass
 class CATSState:
-    """Everything CATS adds to a run: the algorithm, its partition buffers, the dev sampler."""
+    """Everything CATS adds to a run: the algorithm (or a surgery baseline), its partition
+    buffers, the dev sampler."""
 
-    scaler: TaskScaler
+    scaler: TaskScaler | GradientSurgery
     buffers: TaskGradientBuffers
     dev_sampler: LanguageSyncSampler | None     # dev batches for meta losses / the meta gradient
     scales: torch.Tensor                         # float64 [N], applied this step
@@ -286,11 +287,14 @@ def build_cats(config: RunConfig, engine, valid_tasks: list[TaskData]) -> CATSSt
     if not config.cats.enabled:
         return None
     num_tasks = len(valid_tasks)
-    scaler = TaskScaler(config.cats, num_tasks=num_tasks)
+    if config.cats.method == "cats":
+        scaler = TaskScaler(config.cats, num_tasks=num_tasks)
+    else:
+        scaler = GradientSurgery(config.cats, num_tasks, seed=config.train.seed)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.cats.buffer_dtype]
     buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, dtype)
     dev_sampler = None
-    if config.cats.meta_source == "dev":
+    if config.cats.meta_source == "dev" and config.cats.method == "cats":
         uniform = np.full(num_tasks, 1.0 / num_tasks)
         dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
                                           config.cats.meta_tokens_per_task * num_tasks,

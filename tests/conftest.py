@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,18 @@ def run_deepspeed(args: list[str], processes: int, timeout: int = 600, env: dict
     if check and result.returncode != 0:
         pytest.fail(f"deepspeed job failed ({result.returncode}):\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def cpu_supports_fp16() -> bool:
+    """DeepSpeed's CPU accelerator accepts fp16 only where oneDNN has fp16 kernels (the same check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+needs_fp16 = pytest.mark.skipif(not cpu_supports_fp16(), reason="this CPU has no oneDNN fp16 kernels, so DeepSpeed's "
+                                "CPU accelerator refuses fp16 (it runs on GPUs and on AVX512-FP16/AMX CPUs)")
 
 
 def free_port() -> int:

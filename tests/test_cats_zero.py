@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_deepspeed
+from conftest import cpu_supports_fp16, needs_fp16, run_deepspeed
 
 STAGES = (1, 2, 3)
 EXACT_CONFIGS = ("ds_configs/zero3_persist.json",)   # fp32 variants held to the dense reference too
-LOW_PRECISION = ("ds_configs/zero2_bf16.json", "ds_configs/zero2_fp16.json", "ds_configs/zero3_bf16.json")
+BF16, FP16 = ("ds_configs/zero2_bf16.json", "ds_configs/zero3_bf16.json"), "ds_configs/zero2_fp16.json"
+LOW_PRECISION = BF16 + ((FP16,) if cpu_supports_fp16() else ())
 
 
 def _relative(a, b) -> float:
@@ -23,8 +24,8 @@ def _relative(a, b) -> float:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("cats2") / "results.json"
-    run_deepspeed(["tests/dist/cats_exactness.py", str(out), *map(str, STAGES), "--configs", *EXACT_CONFIGS,
-                   *LOW_PRECISION], processes=2)
+    run_deepspeed(["tests/dist/cats_exactness.py", str(out), *map(str, STAGES), "--surgery", "--configs",
+                   *EXACT_CONFIGS, *LOW_PRECISION], processes=2)
     return json.loads(out.read_text())
 
 
@@ -69,7 +70,21 @@ def _assert_matches_reference(run: dict, reference: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ds_config", LOW_PRECISION)
+@pytest.mark.parametrize("method", ("pcgrad", "mgda"))
+def test_two_rank_gradient_surgery_matches_dense_reference(two_ranks, method):
+    run, reference = two_ranks["surgery"][method], two_ranks["surgery_reference"][method]
+    assert _relative(run["grams"], reference["grams"]) <= 1e-5
+    assert _relative(run["params"], reference["params"]) <= 1e-5
+    scales = np.asarray([t["alpha"] for t in run["trajectory"]]) * len(run["trajectory"][0]["alpha"])
+    reference_scales = np.asarray([t["alpha"] for t in reference["trajectory"]]) * len(scales[0])
+    assert _relative(scales, reference_scales) <= 1e-5
+    if method == "mgda":   # the tiny tasks' gradients never conflict here, so PCGrad keeps s = 1 (its
+        # projections are checked on explicit vectors in test_surgery.py); MGDA must move the scales
+        assert np.abs(reference_scales - 1).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ds_config", [*BF16, pytest.param(FP16, marks=needs_fp16)])
 def test_low_precision_gram_is_unscaled_and_close_to_the_reference(two_ranks, ds_config):
     # first step only: afterwards the low-precision weights drift from the float64 reference
     gram, reference = two_ranks["configs"][ds_config]["grams"][0], two_ranks["reference"]["grams"][0]
@@ -81,7 +96,9 @@ def test_low_precision_gram_is_unscaled_and_close_to_the_reference(two_ranks, ds
 def test_world_size_one_and_two_give_the_same_alpha_trajectory(one_rank, two_ranks):
     single = [t["alpha"] for t in one_rank["stages"]["2"]["cats"]["trajectory"]]
     double = [t["alpha"] for t in two_ranks["stages"]["2"]["cats"]["trajectory"]]
-    assert _relative(single, double) <= 1e-6
+    # fp32 gradients summed in another order (one rank vs two): the same bound as against the
+    # float64 reference; 1e-6 was measured at 1.006e-6 on an AMD EPYC
+    assert _relative(single, double) <= 1e-5
 
 
 @pytest.mark.slow

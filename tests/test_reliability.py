@@ -16,7 +16,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from safetensors.torch import load_file
 
 from cats_ds.metrics import read_metrics
-from conftest import run_deepspeed
+from conftest import needs_fp16, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,8 @@ def test_resume_at_another_world_size(workspace, before, after):
     assert len(saved_client["per_rank"]) == before
 
 
-@pytest.mark.parametrize("ds_config", ["ds_configs/zero2.json", "ds_configs/zero2_fp16.json"])
+@pytest.mark.parametrize("ds_config", ["ds_configs/zero2.json", pytest.param("ds_configs/zero2_fp16.json",
+                                                                             marks=needs_fp16)])
 def test_a_nan_loss_skips_the_step_and_leaves_cats_untouched(workspace, ds_config):
     name = "nan-" + ds_config.split("/")[-1].removesuffix(".json")
     run_dir, _ = launch(workspace, name, fault="nan:loss:4:task=1",

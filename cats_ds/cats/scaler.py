@@ -39,6 +39,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 EPSILON_MODES = ("relative", "absolute")
+METHODS = ("cats", "pcgrad", "mgda")
 OBJECTIVES = ("lookahead", "weighted_loss", "robust")
 META_SOURCES = ("dev", "train")
 GRAM_MODES = ("full", "diagonal")
@@ -112,10 +113,14 @@ class CATSConfig:
     ``buffer_dtype`` (dtype of the per-task partition buffers: fp32, bf16 or
     fp16), ``meta_tokens_per_task`` (source+target tokens of each task's dev
     batch, all ranks together) and ``enabled`` are read by the trainer; a
-    disabled TaskScaler keeps s = 1.
+    disabled TaskScaler keeps s = 1. ``method`` picks what turns the per-task
+    Gram matrix into scales: ``cats`` (this TaskScaler) or a gradient-surgery
+    baseline, ``pcgrad`` or ``mgda`` (cats_ds.cats.surgery), which ignore the
+    CATS knobs.
     """
 
     enabled: bool = True
+    method: str = "cats"
     lr_alpha: float = 0.01
     lr_lambda: float = 0.1
     epsilon: float = 1.0
@@ -134,6 +139,7 @@ class CATSConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise _config_error("enabled", self.enabled, "a bool")
+        _check_choice("method", self.method, METHODS)
         _check_real("lr_alpha", self.lr_alpha, 0.0, math.inf)
         _check_real("lr_lambda", self.lr_lambda, 0.0, math.inf)
         _check_real("epsilon", self.epsilon, 0.0, math.inf, low_open=True)

@@ -7,8 +7,10 @@ job runs both virtual ranks' micro-batches itself):
   plain   - cats.enabled=false
   ones    - CATS with lr_alpha = lr_lambda = 0 (scales stay 1)
   cats    - CATS lookahead with dev meta gradients, moving scales
-Rank 0 also computes the dense reference: per-task gradients by separate backward passes
-over the whole global batch in float64 accounting, the same TaskScaler and AdamW.
+  pcgrad, mgda - the gradient-surgery baselines through the same buffers (``--surgery``)
+Rank 0 also computes the dense references: per-task gradients by separate backward passes
+over the whole global batch in float64 accounting, the same TaskScaler (or GradientSurgery)
+and AdamW.
 Everything measured is written to OUT.json; the test asserts on it.
 """
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from cats_ds import distributed
-from cats_ds.cats import TaskScaler
+from cats_ds.cats import GradientSurgery, TaskScaler
 from cats_ds.cats.zero import TaskGradientBuffers
 from cats_ds.config import RunConfig
 from cats_ds.configio import from_dict
@@ -36,6 +38,7 @@ STEPS = 5
 VIRTUAL_WORLD = 2
 PAD, EOS, VOCAB = 1, 2, 40
 TASK_SIZES = (60, 24, 9)
+SURGERY = ("pcgrad", "mgda")
 
 
 def synthetic_task(name: str, size: int, seed: int) -> TaskData:
@@ -70,7 +73,8 @@ class VirtualRanks:
 
 
 def make_config(stage: int, mode: str, ds_config: str = "") -> RunConfig:
-    cats = {"enabled": mode != "plain", "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
+    cats = {"enabled": mode != "plain", "method": mode if mode in SURGERY else "cats",
+            "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
             "meta_tokens_per_task": 60, "cosine_every": 1,
             "lr_alpha": 0.0 if mode == "ones" else 0.2, "lr_lambda": 0.0 if mode == "ones" else 0.5,
             "epsilon": 0.7}
@@ -118,16 +122,19 @@ def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = ""):
     return {"params": flat_params(engine).tolist(), "grams": grams, "trajectory": trajectory}
 
 
-def dense_reference(train, valid, model) -> dict:
+def dense_reference(train, valid, model, mode: str = "cats") -> dict:
     """Single process, per-task gradients by separate backward passes over the global batch."""
-    config = make_config(2, "cats")
+    config = make_config(2, mode)
     model = copy.deepcopy(model).double()
     params = [p for p in model.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
                                   weight_decay=config.optim.weight_decay)
     warmup = config.optim.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, (warmup / (s + 1)) ** 0.5))
-    scaler = TaskScaler(config.cats, num_tasks=len(train))
+    if mode in SURGERY:
+        scaler = GradientSurgery(config.cats, len(train), seed=config.train.seed)
+    else:
+        scaler = TaskScaler(config.cats, num_tasks=len(train))
     sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
     dev_sampler = VirtualRanks([t.lengths() for t in valid], np.full(len(valid), 1 / len(valid)),
                                60 * len(valid), 30, seed=4)
@@ -183,6 +190,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("stages", type=int, nargs="+")
     parser.add_argument("--configs", nargs="*", default=[], help="also run CATS with these DeepSpeed JSONs")
+    parser.add_argument("--surgery", action="store_true", help="also run PCGrad and MGDA on ZeRO-2")
     parser.add_argument("--local_rank", type=int)
     args = parser.parse_args()
     out, stages = args.out, args.stages
@@ -199,8 +207,12 @@ def main() -> None:
                                     for mode in ("plain", "ones", "cats")}
     # other DeepSpeed JSONs (low precision: the Gram matrix must come out unscaled, fp16 divides by loss_scale**2)
     results["configs"] = {path: run_engine(2, "cats", train, valid, model, path) for path in args.configs}
+    if args.surgery:
+        results["surgery"] = {mode: run_engine(2, mode, train, valid, model) for mode in SURGERY}
     if distributed.rank() == 0:
         results["reference"] = dense_reference(train, valid, model)
+        if args.surgery:
+            results["surgery_reference"] = {mode: dense_reference(train, valid, model, mode) for mode in SURGERY}
         with open(out, "w") as handle:
             json.dump(results, handle)
 
