@@ -469,6 +469,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     distributed.init()
+    try:
+        return train(config)
+    finally:
+        distributed.shutdown()
+
+
+def train(config: RunConfig) -> dict:
+    """Prepares data, model and engine, resumes if a checkpoint exists, trains and finishes."""
     rank = distributed.rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
