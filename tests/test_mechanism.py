@@ -1,0 +1,123 @@
+"""The CATS mechanism benchmark: its per-task gradients, its plain-equivalence, its report, its config."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cats_ds.cats import CATSConfig, TaskScaler
+from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, QUICK, MechanismConfig, SharedTrunkModel, main,
+                               make_problem, per_task_gradients, spearman, train)
+
+TINY = replace(MechanismConfig(), **QUICK)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the benchmark runs (tiny ops on several threads crawl on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def flat_gradient(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+def test_per_task_gradients_sum_to_the_minibatch_gradient():
+    config = replace(TINY, dtype="float64")
+    model = SharedTrunkModel(config, torch.Generator().manual_seed(0))
+    problem = make_problem(config, seed=0)
+    # Task 2 is absent from this batch; the others appear 1 to 4 times.
+    tasks = torch.tensor([0, 0, 1, 3, 3, 3, 4, 5, 5, 0, 1, 3])
+    inputs = torch.stack([problem.train.inputs[t][i] for i, t in enumerate(tasks.tolist())])
+    labels = torch.stack([problem.train.labels[t][i] for i, t in enumerate(tasks.tolist())])
+
+    grads, losses = per_task_gradients(model, inputs, labels, tasks, config.num_tasks)
+
+    plain = flat_gradient(F.cross_entropy(model(inputs, tasks), labels), model)
+    torch.testing.assert_close(grads.sum(dim=0), plain, rtol=1e-12, atol=1e-14)
+    assert torch.count_nonzero(grads[2]) == 0 and math.isnan(losses[2])
+    # Each row on its own: task n's sub-batch mean gradient, weighted by its share of the batch.
+    for task in (0, 3, 4):
+        mine = tasks == task
+        sub_loss = F.cross_entropy(model(inputs[mine], tasks[mine]), labels[mine])
+        expected = flat_gradient(sub_loss, model) * (int(mine.sum()) / len(tasks))
+        torch.testing.assert_close(grads[task], expected, rtol=1e-12, atol=1e-14)
+        assert losses[task] == pytest.approx(float(sub_loss.detach()), rel=1e-12)
+
+
+class UnitScales(TaskScaler):
+    """A real TaskScaler (dev meta pass, primal-dual step) whose scales are then forced to 1."""
+
+    meta_dots_seen = 0
+
+    def update(self, losses, gram, meta_dots=None):
+        super().update(losses, gram, meta_dots)
+        self.meta_dots_seen += meta_dots is not None
+        return torch.ones(self.num_tasks, dtype=torch.float64)
+
+
+def final_parameters(config: MechanismConfig, method: str, scaler=None) -> list[torch.Tensor]:
+    model, _ = train(config, METHODS[method], seed=1, problem=make_problem(config, seed=1), scaler=scaler)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_cats_with_unit_scales_follows_the_plain_trajectory_exactly():
+    plain = final_parameters(TINY, "T1")
+    forced = UnitScales(CATSConfig(), TINY.num_tasks)
+    disabled = TaskScaler(CATSConfig(enabled=False), TINY.num_tasks)
+    for scaler in (forced, disabled):
+        assert all(torch.equal(a, b) for a, b in zip(plain, final_parameters(TINY, "cats-lookahead-dev", scaler)))
+    # The forced scaler really ran the dev meta pass every step, so it drew dev batches meanwhile.
+    assert forced.meta_dots_seen == TINY.steps and forced.num_updates == TINY.steps
+    # And the comparison can tell: real CATS scales leave the plain trajectory.
+    cats = final_parameters(TINY, "cats-lookahead-dev")
+    assert not all(torch.equal(a, b) for a, b in zip(plain, cats))
+
+
+def numbers_in(value) -> list[float]:
+    """Every number inside a JSON value."""
+    if isinstance(value, dict):
+        return [x for item in value.values() for x in numbers_in(item)]
+    if isinstance(value, list):
+        return [x for item in value for x in numbers_in(item)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_quick_benchmark_writes_a_finite_report(tmp_path):
+    main(["--quick", "--seeds", "2", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 2 * len(HEADLINE_METHODS)
+    for run in results["runs"]:
+        numbers = numbers_in({key: run[key] for key in ("test_loss", "train_loss", "curvature")})
+        assert len(numbers) == 2 * TINY.num_tasks + 5 * TINY.num_low_tasks
+        assert all(math.isfinite(x) for x in numbers), run["method"]
+    summary = results["summary"]
+    correlations = [*summary["spearman_vs_low_test"].values(), *summary["spearman_t1_runs"].values()]
+    assert all(math.isfinite(rho) for rho in correlations)
+    assert all(math.isfinite(mean) for mean, _ in summary["spearman_within_seed"].values())
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.mechanism --quick --seeds 2")
+    assert all(f"| {name} |" in report for name in HEADLINE_METHODS)
+    assert (tmp_path / "low_vs_high.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("key, value", [("low_size", 0), ("num_classes", 1), ("steps", True), ("lr", -1e-3),
+                                        ("label_noise", 1.0), ("teacher_scale", math.nan), ("dtype", "float16")])
+def test_config_errors_name_the_field(key, value):
+    with pytest.raises(ValueError, match=rf"MechanismConfig\.{key} must be"):
+        MechanismConfig(**{key: value})
+
+
+def test_spearman_uses_average_ranks_for_ties():
+    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
+    # ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4): Pearson of the ranks
+    assert spearman([5, 5, 7, 9], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
