@@ -1,16 +1,19 @@
 """Scaling sweeps: a spec -> a jobs file, local runs of it, and a results table with plots.
 
     python -m cats_ds.sweep emit SPEC.yaml --out DIR     # DIR/jobs.txt, one job a line: CONFIG.yaml key=value ...
-    python -m cats_ds.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here one after another
+    python -m cats_ds.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here (``parallel`` at a time)
     python -m cats_ds.sweep collect DIR                  # DIR/results.md and DIR/plots/*.png
 
-A job is every combination of ``presets`` x ``tokens_per_step`` x ``methods``; job
-``{preset}_t{tokens}_{method}`` trains in DIR/{name}. Each jobs-file line is the base config
-followed by the overrides ``overrides`` (common), the method's, then ``model.preset``,
-``sampling.tokens_per_step``, ``optim.lr`` and ``train.run_dir``; launch/slurm/array.sbatch
+A job is every combination of ``data`` x ``presets`` x ``tokens_per_step`` x ``seeds`` x
+``methods``; job ``[{data}_]{preset}_t{tokens}_{method}[_s{seed}]`` trains in DIR/{name}: the
+``{data}_`` prefix only when the spec has ``data`` variants, the ``_s{seed}`` suffix only when
+it has ``seeds`` (so a spec without either keeps the names ``{preset}_t{tokens}_{method}``).
+Each jobs-file line is the base config followed by the overrides ``overrides`` (common), the
+data variant's, the method's, then ``model.preset``, ``sampling.tokens_per_step``,
+``optim.lr``, ``train.seed`` (with ``seeds``) and ``train.run_dir``; launch/slurm/array.sbatch
 runs line i+1 in array task i through launch/train.sh, and ``run`` runs the same lines
 (launch/train.sh, or ``python -m cats_ds.train`` for ``processes: 1``), skipping jobs whose
-results.json exists.
+results.json exists; a job stopped before it finished resumes from its last checkpoint.
 
 Learning-rate rule for the batch size (``lr_rule``): optim.lr = base_lr x (tokens_per_step /
 base_tokens_per_step)^e with e = 0.5 for ``sqrt`` (square-root scaling, the usual rule for
@@ -23,11 +26,17 @@ Spec keys (a YAML mapping; unknown keys and bad values are errors naming the key
     presets: [tiny, cpu]                           # cats_ds.model presets
     tokens_per_step: [800, 1600]
     methods: {plain: [cats.enabled=false], cats: [cats.enabled=true]}   # name -> overrides (the default)
+    data: {}                                       # variant name -> overrides, e.g.
+                                                   #   {diverse_en2x: [data.preset=bible8-diverse, data.direction=en2x]}
+                                                   # {} (the default): the base config's data, no name prefix
+    seeds: []                                      # train.seed of each job; [] (the default): the config's seed
     lr_rule: sqrt                                  # sqrt | linear | none
     base_lr: 0                                     # 0: the base config's optim.lr
     base_tokens_per_step: 0                        # 0: the base config's sampling.tokens_per_step
     overrides: [train.max_steps=30]                # for every job
     processes: 0                                   # for `run`: 0 launch/train.sh's default, 1 no launcher, n: -n n
+    parallel: 1                                    # for `run`: jobs at a time (e.g. 2 one-process, one-thread
+                                                   # jobs with train.threads=1 on 2 cores)
 
 ``collect`` reads every DIR/*/config.yaml with its results.json (final dev loss, test BLEU)
 and metrics.jsonl (parameters, last train loss, tokens/s); runs without results.json are
@@ -37,11 +46,17 @@ listed as unfinished and left out of the plots.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,6 +76,7 @@ from cats_ds.model import PRESETS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 LR_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 SWEEP_KEYS = ("model.preset", "sampling.tokens_per_step", "optim.lr", "train.run_dir")  # set per job
+SEED_KEY = "train.seed"                                     # set per job where the spec has seeds
 JOBS_FILE, JOB_INFO, RESULTS_TABLE = "jobs.txt", "sweep.json", "results.md"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -77,6 +93,9 @@ class SweepSpec:
     base_tokens_per_step: int = 0
     overrides: list[str] = field(default_factory=list)
     processes: int = 0
+    seeds: list[int] = field(default_factory=list)
+    data: dict[str, list[str]] = field(default_factory=dict)
+    parallel: int = 1
 
     def __post_init__(self) -> None:
         _check_list("presets", self.presets)
@@ -88,13 +107,21 @@ class SweepSpec:
             raise ValueError(f"tokens_per_step: values must be >= 1, got {self.tokens_per_step}")
         if not self.methods:
             raise ValueError("methods: at least one method (name -> overrides) is needed")
-        for name, overrides in self.methods.items():
-            if not _NAME.match(name):
-                raise ValueError(f"methods.{name}: a method name may hold only letters, digits, '_', '.', '-'")
-            _check_overrides(f"methods.{name}", overrides)
-        _check_overrides("overrides", self.overrides)
+        reserved = SWEEP_KEYS + ((SEED_KEY,) if self.seeds else ())
+        for key, variants in (("methods", self.methods), ("data", self.data)):
+            for name, overrides in variants.items():
+                if not _NAME.match(name):
+                    raise ValueError(f"{key}.{name}: a name may hold only letters, digits, '_', '.', '-'")
+                _check_overrides(f"{key}.{name}", overrides, reserved)
+        _check_overrides("overrides", self.overrides, reserved)
+        if self.seeds:
+            _check_list("seeds", self.seeds)
+            if min(self.seeds) < 0:
+                raise ValueError(f"seeds: values must be >= 0, got {self.seeds}")
         if self.base_lr < 0 or self.base_tokens_per_step < 0 or self.processes < 0:
             raise ValueError("base_lr, base_tokens_per_step and processes must be >= 0")
+        if self.parallel < 1:
+            raise ValueError(f"parallel: must be >= 1 (jobs at a time), got {self.parallel}")
 
 
 def _check_list(key: str, values: list) -> None:
@@ -104,20 +131,21 @@ def _check_list(key: str, values: list) -> None:
         raise ValueError(f"{key}: repeated values in {values}")
 
 
-def _check_overrides(key: str, overrides: list[str]) -> None:
+def _check_overrides(key: str, overrides: list[str], reserved: tuple[str, ...] = SWEEP_KEYS) -> None:
     for i, item in enumerate(overrides):
         name, sep, _ = item.partition("=")
         if not sep or not name or any(c.isspace() for c in item):
             raise ValueError(f"{key}[{i}]: {item!r} is not key.sub=value without spaces (the jobs file "
                              "separates words by spaces)")
-        if name in SWEEP_KEYS:
+        if name in reserved:
             raise ValueError(f"{key}[{i}]: {name} is set by the sweep for every job; use presets, "
-                             "tokens_per_step, base_lr or --out instead")
+                             "tokens_per_step, base_lr, seeds or --out instead")
 
 
-def load_spec(path: Path) -> SweepSpec:
+def load_spec(path: Path, cls: type = SweepSpec):
+    """The spec in ``path`` as ``cls`` (SweepSpec or a subclass); errors name the file and the key."""
     try:
-        return from_dict(SweepSpec, load_yaml(path))
+        return from_dict(cls, load_yaml(path))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 
@@ -136,38 +164,58 @@ class Job:
     config: str                 # absolute path of the base config
     overrides: list[str]
     run_dir: Path
+    data: str = ""              # the data variant's name; "" without data variants
+    seed: int | None = None     # train.seed set by the sweep; None without seeds
 
     def line(self) -> str:
         return " ".join([self.config, *self.overrides])
 
+    def info(self) -> dict:
+        """What DIR/{name}/sweep.json records for collect and the study report."""
+        return {"method": self.method, "preset": self.preset, "tokens_per_step": self.tokens_per_step,
+                "lr": self.lr, "data": self.data, "seed": self.seed}
 
-def plan_jobs(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
-    """Every job of the spec, each config checked by loading it (errors name the job and the key)."""
+
+def job_name(data: str, preset: str, tokens: int, method: str, seed: int | None) -> str:
+    """[{data}_]{preset}_t{tokens}_{method}[_s{seed}]: the parts a spec without data variants or
+    seeds does not vary are left out."""
+    return "_".join([*([data] if data else []), preset, f"t{tokens}", method,
+                     *([f"s{seed}"] if seed is not None else [])])
+
+
+def base_config_path(spec: SweepSpec, spec_path: Path) -> Path:
     base = Path(spec.base_config)
     base = base if base.is_absolute() else REPO / base
     if not base.is_file():
         raise ConfigError(f"{spec_path}: base_config: {base} does not exist")
+    return base
+
+
+def plan_jobs(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
+    """Every job of the spec, each config checked by loading it (errors name the job and the key)."""
+    base = base_config_path(spec, spec_path)
     out = out.resolve()
     if any(c.isspace() for c in str(out) + str(base)):
         raise ConfigError(f"{out} or {base}: paths in a jobs file may not contain spaces")
     common = load_config(base, spec.overrides)
     base_lr = spec.base_lr or common.optim.lr
     base_tokens = spec.base_tokens_per_step or common.sampling.tokens_per_step
-    jobs = []
-    for preset in spec.presets:
-        for tokens in spec.tokens_per_step:
-            for method, method_overrides in spec.methods.items():
-                name = f"{preset}_t{tokens}_{method}"
-                lr = _round(base_lr * (tokens / base_tokens) ** LR_EXPONENTS[spec.lr_rule])
-                overrides = [*spec.overrides, *method_overrides, f"model.preset={preset}",
-                             f"sampling.tokens_per_step={tokens}", f"optim.lr={_yaml_scalar(lr)}",
-                             f"train.run_dir={out / name}"]
-                try:
-                    load_config(base, overrides)
-                except (ConfigError, ValueError) as err:
-                    raise ConfigError(f"{spec_path}: job {name}: {err}") from None
-                jobs.append(Job(name, method, preset, tokens, lr, str(base), overrides, out / name))
-    return jobs
+    jobs: dict[str, Job] = {}
+    for data, preset, tokens, seed, method in itertools.product(
+            spec.data or [""], spec.presets, spec.tokens_per_step, spec.seeds or [None], spec.methods):
+        name = job_name(data, preset, tokens, method, seed)
+        if name in jobs:
+            raise ConfigError(f"{spec_path}: two jobs are named {name}; rename a data variant or method")
+        lr = _round(base_lr * (tokens / base_tokens) ** LR_EXPONENTS[spec.lr_rule])
+        overrides = [*spec.overrides, *spec.data.get(data, []), *spec.methods[method], f"model.preset={preset}",
+                     f"sampling.tokens_per_step={tokens}", f"optim.lr={_yaml_scalar(lr)}",
+                     *([f"{SEED_KEY}={seed}"] if seed is not None else []), f"train.run_dir={out / name}"]
+        try:
+            load_config(base, overrides)
+        except (ConfigError, ValueError) as err:
+            raise ConfigError(f"{spec_path}: job {name}: {err}") from None
+        jobs[name] = Job(name, method, preset, tokens, lr, str(base), overrides, out / name, data, seed)
+    return list(jobs.values())
 
 
 def _round(value: float) -> float:
@@ -186,8 +234,7 @@ def emit(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
     (out / JOBS_FILE).write_text("".join(job.line() + "\n" for job in jobs))
     for job in jobs:
         job.run_dir.mkdir(exist_ok=True)
-        info = {"method": job.method, "preset": job.preset, "tokens_per_step": job.tokens_per_step, "lr": job.lr}
-        (job.run_dir / JOB_INFO).write_text(json.dumps(info, indent=2))
+        (job.run_dir / JOB_INFO).write_text(json.dumps(job.info(), indent=2))
     return jobs
 
 
@@ -199,18 +246,101 @@ def job_command(job: Job, processes: int) -> list[str]:
             job.config, *job.overrides]
 
 
-def run(spec: SweepSpec, spec_path: Path, out: Path) -> None:
-    """Runs the jobs in sequence (output in DIR/{name}/train.log); stops at the first failure."""
-    for job in tqdm(emit(spec, spec_path, out), desc="sweep", unit="job"):
-        if (job.run_dir / "results.json").exists():
-            tqdm.write(f"{job.name}: results.json exists, skipped")
-            continue
-        log_path = job.run_dir / "train.log"
-        with open(log_path, "w") as log:
-            code = subprocess.run(job_command(job, spec.processes), cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            raise SystemExit(f"sweep job {job.name} failed with exit code {code}; see {log_path}")
+def finished(job: Job) -> bool:
+    return (job.run_dir / "results.json").exists()
+
+
+def run(spec: SweepSpec, spec_path: Path, out: Path, desc: str = "sweep") -> list[Job]:
+    """Runs the jobs not yet finished, ``spec.parallel`` at a time (output in DIR/{name}/train.log),
+    skipping those with results.json; stops at the first failure (jobs already running finish)."""
+    jobs = emit(spec, spec_path, out)
+    pending = [job for job in jobs if not finished(job)]
+    if len(pending) < len(jobs):
+        tqdm.write(f"{len(jobs) - len(pending)} of {len(jobs)} jobs have results.json: skipped")
+    if spec.parallel > 1 and len(pending) > 1:
+        prepare_data(pending)
+    run_all(pending, lambda job: run_job(job, spec.processes, desc), spec.parallel, desc, total=len(jobs))
+    return jobs
+
+
+def run_job(job: Job, processes: int, desc: str = "sweep") -> str | None:
+    """Trains one job; None when it wrote results.json, else what went wrong and where its log is."""
+    log_path = job.run_dir / "train.log"
+    code = run_logged(job_command(job, processes), log_path, {"MASTER_PORT": str(_free_port())})
+    if code != 0:
+        return f"{desc} job {job.name} failed with exit code {code}; see {log_path}"
+    if not finished(job):
+        return (f"{desc} job {job.name} stopped without results.json (a stop signal?); run again to resume "
+                f"from its last checkpoint; see {log_path}")
+    return None
+
+
+def run_logged(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
+    """Runs ``command`` from the repository root with stdout and stderr in ``log_path``."""
+    with open(log_path, "w") as log:
+        return subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              env=job_environment(env or {})).returncode
+
+
+def job_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``extra``, with DeepSpeed's CPU accelerator where no NVIDIA
+    GPU is visible (what launch/env.sh does for the launch scripts)."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    if "DS_ACCELERATOR" not in environment and shutil.which("nvidia-smi") is None:
+        environment["DS_ACCELERATOR"] = "cpu"
+    return environment
+
+
+def _free_port() -> int:
+    """A port for the job's launcher (jobs run side by side must not share launch/train.sh's 29500)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_all(items: Iterable, work: Callable[[object], str | None], parallel: int, desc: str,
+            total: int | None = None) -> None:
+    """``work(item)`` for every item, ``parallel`` at a time, with a progress bar over ``total``
+    (default: the items; more where some were skipped). ``work`` returns None or an error
+    message; after the first error no new item starts, the running ones finish, and the
+    message ends the program (SystemExit). On Ctrl-C the running jobs, which receive the signal
+    too (a trainer saves a checkpoint and exits), are waited for."""
+    items = list(items)
+    total = len(items) if total is None else total
+    errors: list[str] = []
+    queue = iter(items)
+    with tqdm(total=total, initial=total - len(items), desc=desc, unit="job") as bar, \
+            ThreadPoolExecutor(max_workers=parallel) as pool:
+        running: set[Future] = set()
+        while True:
+            while not errors and len(running) < parallel and (item := next(queue, None)) is not None:
+                running.add(pool.submit(work, item))
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                bar.update(1)
+                error = future.result()
+                if error:
+                    errors.append(error)
+                    if running:
+                        tqdm.write(f"{error}\nwaiting for the {len(running)} job(s) still running")
+    if errors:
+        raise SystemExit("\n".join(errors))
+
+
+def prepare_data(jobs: list[Job]) -> None:
+    """Prepares (or finds in the cache) each distinct data config of ``jobs`` once, here, so that
+    jobs started side by side never build the same cache entry at the same time."""
+    from cats_ds.data import pipeline
+
+    prepared: set[str] = set()
+    for job in jobs:
+        data = load_config(Path(job.config), job.overrides).data
+        if data.key() not in prepared:
+            tqdm.write(f"preparing the data of {job.name} (data key {data.key()})")
+            pipeline.prepare(data, progress=False)
+            prepared.add(data.key())
 
 
 # ----------------------------------------------------------------------------------------------

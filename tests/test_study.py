@@ -1,0 +1,348 @@
+"""Studies: job planning with seeds and data variants, skipping finished runs, the report on
+synthetic run directories (numbers checked by hand), spec errors, every shipped spec, one mini study."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cats_ds.study as study
+import cats_ds.sweep as sweep
+from cats_ds.configio import ConfigError
+from cats_ds.study import load_study, main, measure_curvature, run_study, write_report
+from cats_ds.sweep import REPO, emit, plan_jobs, run_all
+from corpus_fixture import write_config, write_corpus
+
+METHODS = {"T1": ["sampling.temperature=1", "cats.enabled=false"],
+           "T5": ["sampling.temperature=5", "cats.enabled=false"],
+           "cats": ["sampling.temperature=5", "cats.enabled=true"],
+           "tuned_cats": ["sampling.temperature=5", "cats.enabled=true", "cats.lr_alpha=0.1"]}
+
+
+@pytest.fixture
+def base(tmp_path):
+    return write_config(tmp_path / "base.yaml", tmp_path / "corpus", tmp_path / "unused", tmp_path / "cache")
+
+
+def _spec(tmp_path, base, **keys) -> Path:
+    spec = {"base_config": str(base), "presets": ["tiny"], "tokens_per_step": [300], "methods": METHODS,
+            "baselines": ["T1", "T5"], "tuned": ["tuned_cats"], "seeds": [1, 2],
+            "data": {"d": ["data.max_len=20"]}, "overrides": ["train.max_steps=3"], **keys}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# planning
+
+
+def test_jobs_cover_data_variants_and_seeds_with_readable_names(tmp_path, base):
+    spec_path = _spec(tmp_path, base, data={"a": ["data.max_len=20"], "b": ["data.max_len=16"]},
+                      tokens_per_step=[300, 1200], methods={k: METHODS[k] for k in ("T1", "cats")}, tuned=[],
+                      baselines=["T1"])
+    jobs = plan_jobs(load_study(spec_path), spec_path, tmp_path / "out")
+    assert [j.name for j in jobs] == [f"{d}_tiny_t{t}_{m}_s{s}" for d in "ab" for t in (300, 1200)
+                                      for s in (1, 2) for m in ("T1", "cats")]
+    job = jobs[-1]          # b, 1200 tokens, seed 2, cats
+    assert (job.data, job.seed, job.method, job.tokens_per_step) == ("b", 2, "cats", 1200)
+    assert job.overrides == ["train.max_steps=3", "data.max_len=16", "sampling.temperature=5", "cats.enabled=true",
+                             "model.preset=tiny", "sampling.tokens_per_step=1200", "optim.lr=0.007071",
+                             "train.seed=2", f"train.run_dir={tmp_path / 'out' / job.name}"]
+
+
+def test_without_seeds_and_data_the_sweep_names_stay(tmp_path, base):
+    spec_path = _spec(tmp_path, base, seeds=[], data={})
+    jobs = plan_jobs(load_study(spec_path), spec_path, tmp_path / "out")
+    assert [j.name for j in jobs] == ["tiny_t300_T1", "tiny_t300_T5", "tiny_t300_cats", "tiny_t300_tuned_cats"]
+    assert not any(o.startswith("train.seed=") for o in jobs[0].overrides)
+
+
+def test_emit_records_data_and_seed_for_the_report(tmp_path, base):
+    out = tmp_path / "study"
+    main(["emit", str(_spec(tmp_path, base)), "--out", str(out)])
+    assert len((out / "jobs.txt").read_text().splitlines()) == 8
+    assert json.loads((out / "d_tiny_t300_cats_s2" / "sweep.json").read_text())["seed"] == 2
+    assert (out / "study.yaml").read_text() == (tmp_path / "spec.yaml").read_text()
+    assert json.loads((out / "study.json").read_text())["command"].startswith("python -m cats_ds.study emit ")
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"baselines": ["T1", "T7"]}, "baselines[1]: 'T7' is not a method"),
+    ({"baselines": []}, "baselines: name at least one"),
+    ({"tuned": ["nope"]}, "tuned[0]: 'nope' is not a method"),
+    ({"curvature": {"iterations": 0}}, "curvature.iterations: must be >= 1"),
+    ({"curvature": {"iters": 5}}, "unknown key(s) curvature.iters"),
+    ({"seeds": [1, 1]}, "seeds: repeated values"),
+    ({"seeds": [1], "overrides": ["train.seed=3"]}, "overrides[0]: train.seed is set by the sweep"),
+    ({"data": {"d": ["data.max_len = 3"]}}, "data.d[0]"),
+    ({"data": {"d e": []}}, "data.d e: a name may hold only"),
+    ({"data": {"d": ["data.nonsense=1"]}}, "job d_tiny_t300_T1_s1"),
+    ({"parallel": 0}, "parallel: must be >= 1"),
+])
+def test_spec_errors_name_the_key(tmp_path, base, keys, message):
+    spec_path = _spec(tmp_path, base, **keys)
+    with pytest.raises(ConfigError, match="spec.yaml") as err:
+        plan_jobs(load_study(spec_path), spec_path, tmp_path / "out")
+    assert message in str(err.value)
+
+
+def test_cli_errors_are_one_line(tmp_path, base):
+    with pytest.raises(SystemExit, match=r"error: .*spec.yaml.*baselines\[0\]"):
+        main(["emit", str(_spec(tmp_path, base, baselines=["T9"])), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="study.yaml not found"):
+        main(["report", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("spec_path", sorted((REPO / "cats_ds" / "configs" / "studies").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_spec_plans(tmp_path, spec_path):
+    text = spec_path.read_text()
+    assert text.startswith("# ") and "python -m cats_ds.study run" in text and "run time" in text.lower()
+    spec = load_study(spec_path)
+    jobs = plan_jobs(spec, spec_path, tmp_path / "study")       # loads every job's config
+    assert len({j.name for j in jobs}) == len(jobs) > 1
+    assert set(spec.baselines) <= {j.method for j in jobs}
+
+
+def test_shipped_specs_cover_the_issue():
+    names = {p.stem for p in (REPO / "cats_ds" / "configs" / "studies").glob("*.yaml")}
+    for kind in ("bible8", "overparameterization", "large_batch"):
+        assert {f"{kind}_cpu", f"{kind}_gpu"} <= names
+    assert "bible8_related_x2en_cpu" in names
+    variants = load_study(REPO / "cats_ds/configs/studies/bible8_cpu.yaml").data
+    assert sorted(variants) == ["diverse_en2x", "diverse_x2en", "related_en2x", "related_x2en"]
+    large = load_study(REPO / "cats_ds/configs/studies/large_batch_cpu.yaml")
+    assert large.lr_rule == "sqrt" and [t // large.tokens_per_step[0] for t in large.tokens_per_step] == [1, 4, 16]
+
+
+# ----------------------------------------------------------------------------------------------
+# running: skipping, parallel, failures, curvature
+
+
+def _fake_trainer(ran: list[str], fail: str = ""):
+    def run_job(job, processes, desc):
+        ran.append(job.name)
+        if job.name == fail:
+            return f"{desc} job {job.name} failed with exit code 1; see {job.run_dir / 'train.log'}"
+        (job.run_dir / "results.json").write_text("{}")
+        return None
+    return run_job
+
+
+def test_run_skips_finished_runs_and_runs_the_rest(tmp_path, base, monkeypatch):
+    spec_path, out = _spec(tmp_path, base, parallel=2), tmp_path / "study"
+    spec = load_study(spec_path)
+    jobs = emit(spec, spec_path, out)
+    (jobs[0].run_dir / "results.json").write_text("{}")
+    ran: list[str] = []
+    monkeypatch.setattr(sweep, "run_job", _fake_trainer(ran))
+    monkeypatch.setattr(sweep, "prepare_data", lambda pending: ran.append(f"prepare {len(pending)}"))
+    sweep.run(spec, spec_path, out, desc="study")
+    assert ran[0] == "prepare 7" and sorted(ran[1:]) == sorted(j.name for j in jobs[1:])
+    ran.clear()
+    sweep.run(spec, spec_path, out, desc="study")
+    assert ran == []
+
+
+def test_a_failed_job_stops_the_study_with_its_log(tmp_path, base, monkeypatch):
+    spec_path, out = _spec(tmp_path, base), tmp_path / "study"      # parallel 1: in order
+    ran: list[str] = []
+    monkeypatch.setattr(sweep, "run_job", _fake_trainer(ran, fail="d_tiny_t300_T5_s1"))
+    with pytest.raises(SystemExit, match=r"d_tiny_t300_T5_s1 failed .* see .*d_tiny_t300_T5_s1/train.log"):
+        sweep.run(load_study(spec_path), spec_path, out, desc="study")
+    assert ran == ["d_tiny_t300_T1_s1", "d_tiny_t300_T5_s1"]
+
+
+def test_run_all_keeps_parallel_jobs_running():
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def work(item):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+    run_all(range(5), work, parallel=2, desc="test")
+    assert state["most"] == 2
+
+
+def test_curvature_is_measured_once_for_finished_runs(tmp_path, base, monkeypatch):
+    curvature = {"iterations": 3, "batches": 1, "batch_sentences": 4, "trace_samples": 2}
+    spec_path, out = _spec(tmp_path, base, curvature=curvature), tmp_path / "study"
+    spec = load_study(spec_path)
+    jobs = emit(spec, spec_path, out)
+    for job in jobs[:3]:
+        (job.run_dir / "results.json").write_text("{}")
+    (jobs[0].run_dir / "curvature.json").write_text("{}")
+    commands = []
+
+    def fake(command, log_path, env):
+        commands.append(command)
+        (Path(command[3]) / "curvature.json").write_text("{}")
+        return 0
+    monkeypatch.setattr(study, "run_logged", fake)
+    measure_curvature(spec, jobs)
+    assert sorted(Path(c[3]).name for c in commands) == sorted(j.name for j in jobs[1:3])
+    assert commands[0][1:3] == ["-m", "cats_ds.curvature"]
+    assert commands[0][4:] == ["--iterations", "3", "--batches", "1", "--batch-sentences", "4", "--seed", "0",
+                               "--trace-samples", "2"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the report on synthetic runs
+
+# low-resource BLEU by method and seed; high = low + 10; chrF++ = 10 x BLEU
+LOW = {"T1": {1: 2.0, 2: 3.0}, "T5": {1: 3.0, 2: 4.0}, "cats": {1: 4.0, 2: 4.5}, "tuned_cats": {1: 2.5}}
+HIGH = {"T1": {1: 12.0, 2: 13.0}, "T5": {1: 13.0, 2: 14.0}, "cats": {1: 12.0, 2: 15.0}, "tuned_cats": {1: 13.0}}
+CURVATURE = {"T5": {1: (10.0, 1.0), 2: (20.0, 2.0)}, "cats": {1: (4.0, 1.0), 2: (6.0, 3.0)}}  # (fr-en, es-en)
+TASKS = ["fr-en", "de-en", "es-en"]
+
+
+def _results(low: float, high: float) -> dict:
+    test = {"fr-en": high - 1, "de-en": high + 1, "es-en": low}
+    return {"step": 700, "dev": {"dev_loss": 3.0}, "low_resource_directions": ["es-en"], "cats": False,
+            "test": {d: {"bleu": b, "chrf": 10 * b, "distinct": 1.0, "sentences": 200} for d, b in test.items()},
+            "bleu_low": low, "bleu_high": high, "bleu": (2 * high + low) / 3, "chrf_low": 10 * low,
+            "chrf_high": 10 * high, "chrf": 10 * (2 * high + low) / 3}
+
+
+def _write_run(run_dir: Path, method: str, seed: int) -> None:
+    config = {"cats": {"enabled": "cats" in method}, "eval": {"every_steps": 0}, "train": {"keep_best": True}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    records = [{"kind": "run", "step": 0, "tasks": TASKS, "low_resource": ["es-en"], "parameters": 12345}]
+    if "cats" in method:       # step 10 twice (a restarted run): the last record counts
+        records += [{"kind": "train", "step": s, "loss": 4.0, "cats": {"scales": sc}}
+                    for s, sc in ((10, [9.0, 9.0, 9.0]), (10, [1.0, 1.0, 1.0]), (20, [0.5, 0.5, 2.0 * seed]))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if seed in LOW[method]:
+        (run_dir / "results.json").write_text(json.dumps(_results(LOW[method][seed], HIGH[method][seed])))
+    if seed in CURVATURE.get(method, {}):
+        fr, es = CURVATURE[method][seed]
+        tasks = {"fr-en": fr, "de-en": fr, "es-en": es}
+        curvature = {"tag": "step00000700", "iterations": 20, "batches": 2, "batch_sentences": 16, "seed": 0,
+                     "low_resource": ["es-en"], "tasks": {t: {"top_eigenvalue": v, "hessian_trace": 10 * v,
+                                                              "dev_loss": 3.0} for t, v in tasks.items()}}
+        (run_dir / "curvature.json").write_text(json.dumps(curvature))
+
+
+@pytest.fixture
+def synthetic_study(tmp_path, base):
+    spec_path, out = _spec(tmp_path, base), tmp_path / "study"
+    main(["emit", str(spec_path), "--out", str(out)])
+    for job in plan_jobs(load_study(spec_path), spec_path, out):
+        _write_run(job.run_dir, job.method, job.seed)
+    return out
+
+
+def _row(text: str, method: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {method} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_numbers(synthetic_study):
+    out = synthetic_study
+    main(["report", str(out), "--no-curvature"])
+    text = (out / "report.md").read_text()
+    assert f"by `python -m cats_ds.study report {out} --no-curvature`" in text
+    assert "- d_tiny_t300_tuned_cats_s2: started, no results.json" in text
+    assert "Runs: 7 of 8 finished." in text
+    assert "tiny (d_model 32, layers 1+1, heads 2, ffn 64): 12,345 parameters" in text
+    assert "| method | seeds | fr-en | de-en | es-en (low) | BLEU high | BLEU low |" in text
+    # T1: low 2, 3 -> 2.50 ± 0.71 (sample std); fr-en = high - 1: 11, 12 -> 11.50
+    assert _row(text, "T1") == ["T1", "2", "11.50", "13.50", "2.50", "12.50 ± 0.71", "2.50 ± 0.71",
+                                "125.00 ± 7.07", "25.00 ± 7.07", "-1.00 ± 0.00", "-1.00 ± 0.00"]
+    # T5 has the highest mean low BLEU of the baselines (3.5 > 2.5)
+    assert _row(text, "T5 (best T baseline)")[-2:] == ["(reference)", "(reference)"]
+    # cats - T5 by seed: low +1.0, +0.5 -> +0.75 ± 0.35; high -1, +1 -> +0.00 ± 1.41
+    assert _row(text, "cats")[5:] == ["13.50 ± 2.12", "4.25 ± 0.35", "135.00 ± 21.21", "42.50 ± 3.54",
+                                      "+0.75 ± 0.35", "+0.00 ± 1.41"]
+    # one seed finished: no spread; the tuned row comes last and says so
+    assert _row(text, "tuned_cats (tuned)") == ["tuned_cats (tuned)", "1", "12.00", "14.00", "2.50", "13.00",
+                                                "2.50", "130.00", "25.00", "-0.50", "+0.00"]
+    assert text.index("| cats |") < text.index("| tuned_cats (tuned) |")
+    assert "- Best temperature baseline: T5 (mean low-resource BLEU T1 2.50, T5 3.50;" in text
+    assert ("- cats low-resource BLEU delta vs best temperature baseline (T5): +0.75 ± 0.35 over 2 seed(s): "
+            "larger than the seed spread") in text
+    assert "high-resource: +0.00 ± 1.41: within seed spread." in text
+    assert "- tuned_cats (tuned) low-resource BLEU delta vs best temperature baseline (T5): -0.50 over 1 seed(s): " \
+           "one seed: no spread to compare with" in text
+    assert not re.search(r"\b(wins?|better|outperforms?|significant improvement)\b", text.lower())
+
+
+def test_report_curvature_and_plots(synthetic_study):
+    out = synthetic_study
+    write_report(out, "test")
+    text = (out / "report.md").read_text()
+    text = text[text.index("### Curvature"):]
+    # mean over seeds: T5 fr-en (10 + 20) / 2, es-en (1 + 2) / 2; high mean = mean of fr-en and de-en
+    assert "| method | seeds | fr-en | de-en | es-en (low) | mean high | mean low |" in text
+    assert _row(text, "T5")[:7] == ["T5", "2", "15", "15", "1.5", "15", "1.5"]
+    assert _row(text, "cats")[:7] == ["cats", "2", "5", "5", "2", "5", "2"]
+    assert _row(text, "T1")[:3] == ["T1", "0", "—"]
+    trace = text[text.index("### Curvature: Hessian trace"):]
+    assert _row(trace, "T5")[:7] == ["T5", "2", "150", "150", "15", "150", "15"]
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert plots == ["d_tiny_t300_bleu.png", "d_tiny_t300_curvature.png", "d_tiny_t300_scales.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in (out / "plots").glob("*.png"))
+    assert "![d_tiny_t300_scales](plots/d_tiny_t300_scales.png)" in text
+
+
+def test_scales_are_averaged_over_seeds_at_common_steps(synthetic_study, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(study, "_save", lambda fig, path: drawn.setdefault(path.name, fig) and path)
+    spec, jobs = study.load_study_dir(synthetic_study)
+    group = study.groups_of([study.load_run(j) for j in jobs])[0]
+    assert group.scales("cats")[0] == {10: [1.0, 1.0, 1.0], 20: [0.5, 0.5, 2.0]}
+    assert len(group.scales("tuned_cats")) == 1               # seed 2 has not finished: left out
+    study.plot_scales(synthetic_study / "s.png", group, ["cats", "tuned_cats"])
+    lines = drawn["s.png"].axes[0].get_lines()
+    assert list(lines[2].get_ydata()) == [1.0, 3.0]          # es-en at step 20: (2.0 + 4.0) / 2
+
+
+def test_no_finished_baseline_gives_no_deltas(synthetic_study):
+    for run_dir in synthetic_study.glob("d_tiny_t300_T*_s*"):
+        (run_dir / "results.json").unlink()
+    write_report(synthetic_study, "test")
+    text = (synthetic_study / "report.md").read_text()
+    assert _row(text, "cats")[-2:] == ["no baseline finished", "no baseline finished"]
+    assert "No temperature baseline has finished in this group" in text
+
+
+def test_report_before_anything_finished(tmp_path, base):
+    out = tmp_path / "study"
+    main(["emit", str(_spec(tmp_path, base)), "--out", str(out)])
+    main(["report", str(out)])          # nothing finished: no curvature to measure
+    text = (out / "report.md").read_text()
+    assert "Runs: 0 of 8 finished." in text and "- d_tiny_t300_T1_s1: not started" in text
+    assert "No finished run in this group yet." in text and "parameters (estimated: no run started)" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# one real mini study
+
+
+@pytest.mark.slow
+def test_mini_study_trains_measures_curvature_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    corpus = write_corpus(tmp_path / "corpus")
+    base = write_config(tmp_path / "base.yaml", corpus, tmp_path / "unused", tmp_path / "cache",
+                        train={"max_steps": 3, "export": False, "ds_config": "ds_configs/zero1.json", "threads": 1},
+                        eval={"test_sentences": 4, "dev_sentences": 8})
+    spec_path = _spec(tmp_path, base, methods={k: METHODS[k] for k in ("T1", "cats")}, baselines=["T1"], tuned=[],
+                      seeds=[1], data={}, processes=1, parallel=2,
+                      curvature={"iterations": 2, "batches": 1, "batch_sentences": 4})
+    out = tmp_path / "study"
+    report = run_study(spec_path, out, "mini")
+    assert sorted(p.parent.name for p in out.glob("*/curvature.json")) == ["tiny_t300_T1_s1", "tiny_t300_cats_s1"]
+    text = report.read_text()
+    assert "Runs: 2 of 2 finished." in text and "| cats | 1 |" in text
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"tiny_t300_bleu.png", "tiny_t300_curvature.png",
+                                                              "tiny_t300_scales.png"}
