@@ -209,7 +209,8 @@ TASKS = ["fr-en", "de-en", "es-en"]
 def _results(low: float, high: float) -> dict:
     test = {"fr-en": high - 1, "de-en": high + 1, "es-en": low}
     return {"step": 700, "dev": {"dev_loss": 3.0}, "low_resource_directions": ["es-en"], "cats": False,
-            "test": {d: {"bleu": b, "chrf": 10 * b, "distinct": 1.0, "sentences": 200} for d, b in test.items()},
+            "test": {d: {"bleu": b, "chrf": 10 * b, "distinct": share, "sentences": 200}
+                     for (d, b), share in zip(test.items(), (1.0, 0.9, 0.6))},
             "bleu_low": low, "bleu_high": high, "bleu": (2 * high + low) / 3, "chrf_low": 10 * low,
             "chrf_high": 10 * high, "chrf": 10 * (2 * high + low) / 3}
 
@@ -258,15 +259,15 @@ def test_report_numbers(synthetic_study):
     assert "| method | seeds | fr-en | de-en | es-en (low) | BLEU high | BLEU low |" in text
     # T1: low 2, 3 -> 2.50 ± 0.71 (sample std); fr-en = high - 1: 11, 12 -> 11.50
     assert _row(text, "T1") == ["T1", "2", "11.50", "13.50", "2.50", "12.50 ± 0.71", "2.50 ± 0.71",
-                                "125.00 ± 7.07", "25.00 ± 7.07", "-1.00 ± 0.00", "-1.00 ± 0.00"]
+                                "125.00 ± 7.07", "25.00 ± 7.07", "60%", "-1.00 ± 0.00", "-1.00 ± 0.00"]
     # T5 has the highest mean low BLEU of the baselines (3.5 > 2.5)
     assert _row(text, "T5 (best T baseline)")[-2:] == ["(reference)", "(reference)"]
     # cats - T5 by seed: low +1.0, +0.5 -> +0.75 ± 0.35; high -1, +1 -> +0.00 ± 1.41
-    assert _row(text, "cats")[5:] == ["13.50 ± 2.12", "4.25 ± 0.35", "135.00 ± 21.21", "42.50 ± 3.54",
+    assert _row(text, "cats")[5:] == ["13.50 ± 2.12", "4.25 ± 0.35", "135.00 ± 21.21", "42.50 ± 3.54", "60%",
                                       "+0.75 ± 0.35", "+0.00 ± 1.41"]
     # one seed finished: no spread; the tuned row comes last and says so
     assert _row(text, "tuned_cats (tuned)") == ["tuned_cats (tuned)", "1", "12.00", "14.00", "2.50", "13.00",
-                                                "2.50", "130.00", "25.00", "-0.50", "+0.00"]
+                                                "2.50", "130.00", "25.00", "60%", "-0.50", "+0.00"]
     assert text.index("| cats |") < text.index("| tuned_cats (tuned) |")
     assert "- Best temperature baseline: T5 (mean low-resource BLEU T1 2.50, T5 3.50;" in text
     assert ("- cats low-resource BLEU delta vs best temperature baseline (T5): +0.75 ± 0.35 over 2 seed(s): "
