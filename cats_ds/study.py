@@ -247,9 +247,14 @@ def fmt(values: list[float], signed: bool = False, digits: int = 2) -> str:
     return text if std is None else f"{text} ± {std:.{digits}f}"
 
 
+def baseline_means(group: Group, baselines: list[str]) -> dict[str, float]:
+    """Mean low-resource BLEU over the finished seeds of each baseline that has any."""
+    return {b: statistics.fmean(lows) for b in baselines if (lows := _values(group.finished(b), "bleu_low"))}
+
+
 def best_baseline(group: Group, baselines: list[str]) -> str | None:
     """The baseline with the highest mean low-resource BLEU over its finished seeds (first on ties)."""
-    means = {b: statistics.fmean(lows) for b in baselines if (lows := _values(group.finished(b), "bleu_low"))}
+    means = baseline_means(group, baselines)
     return max(means, key=means.get) if means else None
 
 
@@ -367,7 +372,7 @@ def reading(group: Group, spec: StudySpec) -> list[str]:
     best = best_baseline(group, spec.baselines)
     if best is None:
         return ["- No temperature baseline has finished in this group: no deltas."]
-    means = {b: statistics.fmean(v) for b in spec.baselines if (v := _values(group.finished(b), "bleu_low"))}
+    means = baseline_means(group, spec.baselines)
     lines = [f"- Best temperature baseline: {best} (mean low-resource BLEU "
              + ", ".join(f"{b} {m:.2f}" for b, m in means.items()) + "; chosen on these test numbers)."]
     for method in method_order(spec):
