@@ -252,7 +252,7 @@ def measure(args: argparse.Namespace) -> dict:
 def launch(args: argparse.Namespace, world: int, stage: int, json_path: Path) -> list[dict]:
     """Runs one measurement under the deepspeed launcher; returns its per-rank results."""
     launcher = Path(sys.executable).with_name("deepspeed")
-    command = [str(launcher), "--num_accelerators", str(world), "--master_port", str(distributed._free_port()),
+    command = [str(launcher), "--num_accelerators", str(world), "--master_port", str(distributed.free_port()),
                "--module", "cats_ds.bench", "--config", args.config, "--stage", str(stage), "--tasks", str(args.tasks),
                "--steps", str(args.steps), "--json", str(json_path),
                *(["--warmup", str(args.warmup)] if args.warmup is not None else []), *args.overrides]

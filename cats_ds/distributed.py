@@ -20,7 +20,7 @@ def init() -> None:
     """Initializes the process group; a single plain process gets a world of one."""
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     deepspeed.init_distributed(verbose=False)
     _unlink_shared_memory_names()
 
@@ -85,7 +85,8 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free local TCP port: jobs run side by side must not share the launcher's default 29500."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -51,7 +51,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from tqdm import tqdm  # noqa: E402
 
 from cats_ds.config import load_config  # noqa: E402
 from cats_ds.configio import ConfigError, from_dict, load_yaml  # noqa: E402
+from cats_ds.distributed import free_port  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS  # noqa: E402
 
@@ -266,7 +266,7 @@ def run(spec: SweepSpec, spec_path: Path, out: Path, desc: str = "sweep") -> lis
 def run_job(job: Job, processes: int, desc: str = "sweep") -> str | None:
     """Trains one job; None when it wrote results.json, else what went wrong and where its log is."""
     log_path = job.run_dir / "train.log"
-    code = run_logged(job_command(job, processes), log_path, {"MASTER_PORT": str(_free_port())})
+    code = run_logged(job_command(job, processes), log_path, {"MASTER_PORT": str(free_port())})
     if code != 0:
         return f"{desc} job {job.name} failed with exit code {code}; see {log_path}"
     if not finished(job):
@@ -289,13 +289,6 @@ def job_environment(extra: dict[str, str]) -> dict[str, str]:
     if "DS_ACCELERATOR" not in environment and shutil.which("nvidia-smi") is None:
         environment["DS_ACCELERATOR"] = "cpu"
     return environment
-
-
-def _free_port() -> int:
-    """A port for the job's launcher (jobs run side by side must not share launch/train.sh's 29500)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_all(items: Iterable, work: Callable[[object], str | None], parallel: int, desc: str,

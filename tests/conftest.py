@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cats_ds.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,13 +49,6 @@ def cpu_supports_fp16() -> bool:
 
 needs_fp16 = pytest.mark.skipif(not cpu_supports_fp16(), reason="this CPU has no oneDNN fp16 kernels, so DeepSpeed's "
                                 "CPU accelerator refuses fp16 (it runs on GPUs and on AVX512-FP16/AMX CPUs)")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pytest_configure(config) -> None:

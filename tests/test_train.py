@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cats_ds.distributed import free_port
 from cats_ds.metrics import read_metrics
-from conftest import REPO, free_port, run_deepspeed
+from conftest import REPO, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
 pytestmark = pytest.mark.slow
