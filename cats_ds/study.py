@@ -26,8 +26,10 @@ report.md, per (data variant, preset, tokens per step) group: test BLEU per dire
 high- and low-resource means of BLEU and chrF++ per method, as mean ± sample standard deviation
 over the finished seeds; the deltas of the low and high BLEU means against the best temperature
 baseline (the baseline with the highest mean low-resource BLEU in the group, chosen on these same
-test numbers), paired by seed (the seeds both finished); the top Hessian eigenvalue per task and
-method (mean over seeds); and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines
+test numbers), paired by seed (the seeds both finished); the low-resource and overall dev loss
+with the same paired deltas; the top Hessian eigenvalue and Hessian trace per task and method
+(mean over seeds), and the Spearman correlation over runs of their low-resource means with the
+low-resource dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines
 only restate these numbers: a delta is "within seed spread" when its absolute mean is at most
 the standard deviation of the paired deltas. Nothing here is a significance test.
 """
@@ -55,6 +57,7 @@ import yaml  # noqa: E402
 
 from cats_ds.config import load_config  # noqa: E402
 from cats_ds.configio import ConfigError  # noqa: E402
+from cats_ds.mechanism import spearman  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS, ModelConfig, estimate_parameters  # noqa: E402
 from cats_ds.sweep import (JOBS_FILE, REPO, Job, SweepSpec, emit, finished, load_spec,  # noqa: E402
@@ -116,7 +119,7 @@ def save_spec(spec_path: Path, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if spec_path.resolve() != (out / STUDY_SPEC).resolve():
         shutil.copyfile(spec_path, out / STUDY_SPEC)
-    info = {"spec": str(spec_path.resolve()), "command": command, "at": _now()}
+    info = {"spec": _relative(str(spec_path.resolve())), "command": command, "at": _now()}
     (out / STUDY_INFO).write_text(json.dumps(info, indent=2))
 
 
@@ -334,6 +337,27 @@ def _delta_cells(group: Group, method: str, best: str | None) -> list[str]:
             for key in ("bleu_low", "bleu_high")]
 
 
+DEV_LOSSES = ("dev_loss_low", "dev_loss")
+
+
+def dev_loss_table(group: Group, spec: StudySpec) -> list[str]:
+    """Dev loss at the evaluated checkpoint (mean over tasks of each task's per-token loss): it moves
+    before BLEU does, so it still separates methods while the models barely use the source."""
+    best = best_baseline(group, spec.baselines)
+    dev = {m: {seed: r["dev"] for seed, r in group.finished(m).items() if "dev" in r} for m in method_order(spec)}
+    lines = ["| method | seeds | dev loss low | dev loss all | Δ dev loss low vs best T | Δ dev loss all vs best T |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method, by_seed in dev.items():
+        if best is None or method == best:
+            deltas = ["no baseline finished" if best is None else "(reference)"] * 2
+        else:
+            deltas = [fmt(paired_deltas(by_seed, dev[best], key), signed=True, digits=3) for key in DEV_LOSSES]
+        lines.append("| " + " | ".join([method_label(spec, method, best), str(len(by_seed)),
+                                        *(fmt(_values(by_seed, key), digits=3) for key in DEV_LOSSES), *deltas])
+                     + " |")
+    return lines
+
+
 CURVATURE_MEASURES = {"top_eigenvalue": "top Hessian eigenvalue", "hessian_trace": "Hessian trace (Hutchinson)"}
 
 
@@ -353,6 +377,26 @@ def curvature_table(group: Group, spec: StudySpec, key: str) -> list[str]:
         means = [_mean_cell([_task_mean(c, [t for t in tasks if (t in low) == is_low], key) for c in runs])
                  for is_low in (False, True)]
         lines.append("| " + " | ".join([method_label(spec, method, None), str(len(runs)), *cells, *means]) + " |")
+    return lines
+
+
+def curvature_correlations(group: Group) -> list[str]:
+    """Spearman rho over runs between each curvature measure (mean over the low-resource tasks) and
+    the run's low-resource dev loss and test BLEU: whether flatter goes with better at this size."""
+    runs = [r for r in group.runs if r.results and r.curvature and "dev_loss_low" in r.results.get("dev", {})]
+    if len(runs) < 3:
+        return [f"Rank correlations need 3 runs with curvature and results; {len(runs)} have both."]
+    dev, bleu = [r.results["dev"]["dev_loss_low"] for r in runs], [r.results["bleu_low"] for r in runs]
+    lines = [f"Spearman ρ over the {len(runs)} runs with both (every method and seed), low-resource means; "
+             "a positive ρ with dev loss means the sharper runs generalize worse, as the flat-minima argument "
+             "predicts:", ""]
+    for key, title in CURVATURE_MEASURES.items():
+        low = [_task_mean(r.curvature, r.curvature.get("low_resource", []), key) for r in runs]
+        if any(math.isnan(v) for v in low):
+            lines.append(f"- {title}: not measured in every run.")
+            continue
+        lines.append(f"- {title}: ρ {spearman(low, dev):+.2f} with low-resource dev loss, "
+                     f"{spearman(low, bleu):+.2f} with low-resource test BLEU.")
     return lines
 
 
@@ -598,9 +642,12 @@ def group_section(group: Group, spec: StudySpec, out: Path, plots: list[Path]) -
             "Per-direction cells: mean BLEU over seeds; group means: mean ± std over seeds; deltas: paired by "
             "seed, mean ± std.", "", *bleu_table(group, spec), "", "### Reading (computed from the table)", "",
             *reading(group, spec), "",
+            "### Dev loss (per-token cross-entropy, mean over tasks; deltas paired by seed)", "",
+            *dev_loss_table(group, spec), "",
             *(line for key, title in CURVATURE_MEASURES.items()
               for line in [f"### Curvature: {title} of each task's dev loss (mean over seeds)", "",
                            *curvature_table(group, spec, key), ""]),
+            "### Curvature against generalization", "", *curvature_correlations(group), "",
             "### Plots", "",
             *(f"![{p.stem}]({p.relative_to(out)})" for p in plots), ""]
 

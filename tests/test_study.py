@@ -208,7 +208,8 @@ TASKS = ["fr-en", "de-en", "es-en"]
 
 def _results(low: float, high: float) -> dict:
     test = {"fr-en": high - 1, "de-en": high + 1, "es-en": low}
-    return {"step": 700, "dev": {"dev_loss": 3.0}, "low_resource_directions": ["es-en"], "cats": False,
+    dev = {"dev_loss": 4.0 - high / 10, "dev_loss_low": 4.0 - low / 10}
+    return {"step": 700, "dev": dev, "low_resource_directions": ["es-en"], "cats": False,
             "test": {d: {"bleu": b, "chrf": 10 * b, "distinct": share, "sentences": 200}
                      for (d, b), share in zip(test.items(), (1.0, 0.9, 0.6))},
             "bleu_low": low, "bleu_high": high, "bleu": (2 * high + low) / 3, "chrf_low": 10 * low,
@@ -276,6 +277,36 @@ def test_report_numbers(synthetic_study):
     assert "- tuned_cats (tuned) low-resource BLEU delta vs best temperature baseline (T5): -0.50 over 1 seed(s): " \
            "one seed: no spread to compare with" in text
     assert not re.search(r"\b(wins?|better|outperforms?|significant improvement)\b", text.lower())
+
+
+def _report_from(out: Path, heading: str) -> str:
+    """report.md of the study in ``out`` from ``heading`` on."""
+    write_report(out, "test")
+    text = (out / "report.md").read_text()
+    return text[text.index(heading):]
+
+
+def test_report_dev_loss_table(synthetic_study):
+    text = _report_from(synthetic_study, "### Dev loss")
+    assert "| method | seeds | dev loss low | dev loss all | Δ dev loss low vs best T | Δ dev loss all vs best T |" \
+        in text
+    # dev loss low = 4 - BLEU low / 10: T5 3.7, 3.6; all = 4 - BLEU high / 10: 2.7, 2.6
+    assert _row(text, "T5 (best T baseline)") == ["T5 (best T baseline)", "2", "3.650 ± 0.071", "2.650 ± 0.071",
+                                                  "(reference)", "(reference)"]
+    # T1 - T5 by seed: low 3.8 - 3.7, 3.7 - 3.6; all 2.8 - 2.7, 2.7 - 2.6
+    assert _row(text, "T1")[1:] == ["2", "3.750 ± 0.071", "2.750 ± 0.071", "+0.100 ± 0.000", "+0.100 ± 0.000"]
+    # cats - T5 by seed: low -0.1, -0.05
+    assert _row(text, "cats")[2:5:2] == ["3.575 ± 0.035", "-0.075 ± 0.035"]
+    assert _row(text, "tuned_cats (tuned)")[1:5] == ["1", "3.750", "2.700", "+0.050"]
+
+
+def test_report_correlates_curvature_with_generalization(synthetic_study):
+    text = _report_from(synthetic_study, "### Curvature against generalization")
+    # runs with curvature: T5 s1, s2 and cats s1, s2; low-resource (es-en) eigenvalues 1, 2, 1, 3, dev loss low
+    # 3.7, 3.6, 3.6, 3.55, BLEU low 3, 4, 4, 4.5: ranks (ties averaged) give rho -3.75 / 4.5 and +3.75 / 4.5
+    assert "Spearman ρ over the 4 runs with both" in text
+    assert "- top Hessian eigenvalue: ρ -0.83 with low-resource dev loss, +0.83 with low-resource test BLEU." in text
+    assert "- Hessian trace (Hutchinson): ρ -0.83 with low-resource dev loss" in text
 
 
 def test_report_curvature_and_plots(synthetic_study):
