@@ -60,8 +60,8 @@ from cats_ds.configio import ConfigError  # noqa: E402
 from cats_ds.mechanism import spearman  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS, ModelConfig, estimate_parameters  # noqa: E402
-from cats_ds.sweep import (JOBS_FILE, REPO, Job, SweepSpec, emit, finished, load_spec,  # noqa: E402
-                           plan_jobs, run, run_all, run_logged)
+from cats_ds.sweep import (JOBS_FILE, REPO, Job, SweepSpec, add_spec_commands, emit, finished,  # noqa: E402
+                           load_spec, plan_jobs, run, run_all, run_logged)
 
 STUDY_SPEC, STUDY_INFO, REPORT, CURVATURE = "study.yaml", "study.json", "report.md", "curvature.json"
 
@@ -673,10 +673,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("emit", "run"):
-        sub = commands.add_parser(name)
-        sub.add_argument("spec", type=Path)
-        sub.add_argument("--out", type=Path, required=True, help="study directory (jobs file, one run dir per job)")
+    add_spec_commands(commands, "study")
     report = commands.add_parser("report")
     report.add_argument("out", type=Path)
     report.add_argument("--no-curvature", action="store_true", help="do not measure missing curvature first")

@@ -439,14 +439,19 @@ def collect(out: Path) -> tuple[Path, list[Path]]:
     return table, plot_scaling(rows, out / "plots")
 
 
+def add_spec_commands(commands, kind: str) -> None:
+    """The ``emit SPEC --out DIR`` and ``run SPEC --out DIR`` subcommands of a sweep or a study."""
+    for name in ("emit", "run"):
+        sub = commands.add_parser(name)
+        sub.add_argument("spec", type=Path)
+        sub.add_argument("--out", type=Path, required=True, help=f"{kind} directory (jobs file, one run dir per job)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("emit", "run"):
-        sub = commands.add_parser(name)
-        sub.add_argument("spec", type=Path)
-        sub.add_argument("--out", type=Path, required=True, help="sweep directory (jobs file, one run dir per job)")
+    add_spec_commands(commands, "sweep")
     commands.add_parser("collect").add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "emit":
