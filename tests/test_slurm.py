@@ -80,7 +80,8 @@ def wait_for_jobs(job: str, root) -> None:
     out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     states = [line.split("JobState=")[1].split()[0] for line in out.splitlines()]
     if set(states) != {"COMPLETED"}:
-        pytest.fail(f"job {job} ended {states}\n{job_logs(root)}")
+        reasons = [line.split("Reason=")[1].split()[0] for line in out.splitlines()]
+        pytest.fail(f"job {job} ended {states}, reason {reasons}\n{job_logs(root)}")
 
 
 @pytest.fixture
@@ -101,9 +102,11 @@ def test_train_sbatch_runs_two_ranks_and_a_usr1_requeue_resumes_the_run(slurm, w
     # what Slurm does before the time limit (--signal=B:USR1@120), once a checkpoint exists
     wait_until(lambda: (run_dir / "checkpoints" / "latest").exists(), "the first checkpoint", root)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
-    # Slurm holds a requeued job for two minutes; release it now
+    # Slurm holds a requeued job for two minutes; release it sooner, but not at once: slurmd revokes
+    # the old run's credential with 1 s resolution, and a restart in that second is killed as
+    # "non-startable batch job: Job credential revoked" (seen in CI)
     wait_until(lambda: job_state(job).get("Reason") == "BeginTime", "the job to be requeued", root)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], check=True, timeout=30)
     wait_for_jobs(job, root)
     assert job_state(job)["Restarts"] == "1"
     log = (root / f"cats-ds-{job}.out").read_text(errors="replace")
