@@ -1,7 +1,7 @@
 """Per-task curvature of a trained model: the top Hessian eigenvalue of each task's dev loss.
 
     python -m cats_ds.curvature RUN_DIR [--tag stepNNNNNNNN] [--iterations 20] [--batches 2]
-                                [--batch-sentences 16] [--trace-samples 0] [--seed 0]
+                                [--batch-sentences 16] [--trace-samples 0] [--seed 0] [--device auto]
 
 For every task, the loss is the mean target-token cross-entropy (no label smoothing, no
 dropout) over a fixed set of dev batches: the first ``batches`` x ``batch-sentences`` dev
@@ -14,7 +14,9 @@ z.Hz. The numbers are comparable across methods only at the same batches, iterat
 
 The checkpoint (``latest`` unless ``--tag``) is consolidated to fp32 in this one process with
 DeepSpeed's zero_to_fp32, whatever the ZeRO stage and world size it was saved with; the model
-is rebuilt from the run's config.yaml. Writes RUN_DIR/curvature.json.
+is rebuilt from the run's config.yaml. ``--device auto`` runs on the GPU where there is one; the
+random start and probes are drawn on the CPU either way, so devices differ only by float rounding.
+Writes RUN_DIR/curvature.json.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def hessian_vector_product(losses: Sequence[Loss], params: list[torch.Tensor],
 def top_eigenvalue(losses: Sequence[Loss], params: list[torch.Tensor], iterations: int,
                    generator: torch.Generator) -> float:
     """Power iteration: the Rayleigh quotient after ``iterations`` Hessian-vector products."""
-    vector = _normalized([torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params])
+    vector = _normalized([torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params])
     eigenvalue = float("nan")
     for _ in range(iterations):
         product = hessian_vector_product(losses, params, vector)
@@ -64,7 +66,7 @@ def hutchinson_trace(losses: Sequence[Loss], params: list[torch.Tensor], samples
     """tr(H) estimated as the mean of z.Hz over Rademacher vectors z."""
     total = 0.0
     for _ in range(samples):
-        probe = [torch.randint(0, 2, p.shape, generator=generator).to(p.dtype) * 2 - 1 for p in params]
+        probe = [torch.randint(0, 2, p.shape, generator=generator).to(p.device, p.dtype) * 2 - 1 for p in params]
         total += float(sum((z * h).sum() for z, h in zip(probe, hessian_vector_product(losses, params, probe))))
     return total / samples
 
@@ -107,15 +109,16 @@ def load_trained_model(run_dir: Path, tag: str | None):
     return model.float().eval(), data, tag
 
 
-def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eos_id: int) -> list[Loss]:
-    """One closure per dev batch: the batch's mean target-token cross-entropy."""
+def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eos_id: int,
+                device: torch.device) -> list[Loss]:
+    """One closure per dev batch, on ``device``: the batch's mean target-token cross-entropy."""
     from cats_ds.data.tasks import collate
 
     count = min(len(task), batches * batch_sentences)
     chunks = [list(range(start, min(start + batch_sentences, count))) for start in range(0, count, batch_sentences)]
 
     def batch_loss(indices: list[int]) -> Loss:
-        batch = collate(task, indices, pad_id)
+        batch = {key: tensor.to(device) for key, tensor in collate(task, indices, pad_id).items()}
         return lambda: _mean_token_loss(model, batch, pad_id, eos_id)
     return [batch_loss(indices) for indices in chunks]
 
@@ -126,13 +129,15 @@ def _mean_token_loss(model, batch, pad_id: int, eos_id: int) -> torch.Tensor:
 
 
 def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch_sentences: int,
-            trace_samples: int, seed: int) -> dict:
+            trace_samples: int, seed: int, device: torch.device) -> dict:
     model, data, tag = load_trained_model(run_dir, tag)
+    model = model.to(device)
+    log.info("curvature of %s at %s on %s", run_dir, tag, device)
     params = [p for p in model.parameters() if p.requires_grad]
     pad_id, eos_id = data.tokenizer.pad_id, data.tokenizer.eos_id
     per_task = {}
     for task_id, task in enumerate(tqdm(data.valid, desc="curvature", unit="task")):
-        losses = task_losses(model, task, batches, batch_sentences, pad_id, eos_id)
+        losses = task_losses(model, task, batches, batch_sentences, pad_id, eos_id, device)
         generator = torch.Generator().manual_seed(seed * 1000 + task_id)
         entry = {"top_eigenvalue": top_eigenvalue(losses, params, iterations, generator),
                  "dev_loss": float(sum(float(loss().detach()) for loss in losses) / len(losses))}
@@ -144,6 +149,18 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
             "tasks": per_task}
 
 
+def resolve_device(name: str, parser: argparse.ArgumentParser) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        parser.error(f"--device {name}: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: torch here has no CUDA device (torch {torch.__version__})")
+    return device
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.curvature", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -153,12 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sentences", type=int, default=16)
     parser.add_argument("--trace-samples", type=int, default=0, help="Hutchinson probes per task (0: no trace)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda where available, else cpu), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     if min(args.iterations, args.batches, args.batch_sentences) < 1 or args.trace_samples < 0:
         parser.error("--iterations, --batches and --batch-sentences must be >= 1, --trace-samples >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = measure(args.run_dir, args.tag, args.iterations, args.batches, args.batch_sentences,
-                     args.trace_samples, args.seed)
+                     args.trace_samples, args.seed, resolve_device(args.device, parser))
     (args.run_dir / "curvature.json").write_text(json.dumps(result, indent=2))
     for name, entry in result["tasks"].items():
         print(f"{name}\ttop eigenvalue {entry['top_eigenvalue']:.4g}\tdev loss {entry['dev_loss']:.4f}"

@@ -71,3 +71,12 @@ def test_cli_on_a_trained_checkpoint(tmp_path_factory):
         assert entry["dev_loss"] == pytest.approx(expected, rel=1e-5)   # the checkpoint's weights, tied right
         assert math.isfinite(entry["top_eigenvalue"]) and math.isfinite(entry["hessian_trace"])
     assert json.loads((root / "run" / "curvature.json").read_text()) == result
+
+
+@pytest.mark.parametrize("device, message", [("gpu0", "--device gpu0"), ("cuda", "no CUDA device")])
+def test_a_device_this_machine_lacks_is_refused_by_name(device, message, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        main(["no-such-run", "--device", device])
+    assert message in capsys.readouterr().err
