@@ -49,6 +49,7 @@ from tqdm import tqdm
 from cats_ds.cats import CATSConfig, GradientSurgery, TaskScaler
 from cats_ds.curvature import hessian_vector_product, hutchinson_trace, top_eigenvalue
 from cats_ds.data.sampler import temperature_probs
+from cats_ds.rank_correlation import spearman
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -456,22 +457,6 @@ def group_means(run: dict[str, Any], config: MechanismConfig) -> dict[str, float
     for measure in CURVATURE_MEASURES:
         means[measure] = float(np.mean([run["curvature"][str(n)][measure] for n in low]))
     return means
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
-    def ranks(values: list[float]) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        order = values.argsort(kind="stable")
-        ranked = np.empty(len(values))
-        ranked[order] = np.arange(len(values), dtype=np.float64)
-        for value in np.unique(values):  # ties share their mean rank
-            ranked[values == value] = ranked[values == value].mean()
-        return ranked
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -57,9 +57,9 @@ import yaml  # noqa: E402
 
 from cats_ds.config import load_config  # noqa: E402
 from cats_ds.configio import ConfigError  # noqa: E402
-from cats_ds.mechanism import spearman  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS, ModelConfig, estimate_parameters  # noqa: E402
+from cats_ds.rank_correlation import spearman  # noqa: E402
 from cats_ds.sweep import (JOBS_FILE, REPO, Job, SweepSpec, add_spec_commands, emit, finished,  # noqa: E402
                            load_spec, plan_jobs, run, run_all, run_logged)
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from cats_ds.cats import CATSConfig, TaskScaler
 from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, QUICK, MechanismConfig, SharedTrunkModel, main,
-                               make_problem, per_task_gradients, spearman, train)
+                               make_problem, per_task_gradients, train)
+from cats_ds.rank_correlation import spearman
 
 TINY = replace(MechanismConfig(), **QUICK)
 
