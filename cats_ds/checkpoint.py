@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from cats_ds import distributed, faults
+from cats_ds import distributed, faults, placement
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> st
     if distributed.rank() == 0 and partial.exists():
         shutil.rmtree(partial)                  # left by a save that crashed
     distributed.barrier()
-    per_rank = distributed.all_gather_objects({"rng": torch.get_rng_state(), **client_state.pop("per_rank")})
+    per_rank = distributed.all_gather_objects({"rng": placement.rng_state(), **client_state.pop("per_rank")})
     state = {**client_state, "per_rank": per_rank, "world_size": distributed.world_size(), **_UNIVERSAL_INFO}
     engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
     faults.inject("save", step)

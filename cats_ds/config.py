@@ -77,6 +77,9 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0                    # torch threads per process; 0: cores / local processes
     export: bool = True                 # save_pretrained model + tokenizer at the end
+    # auto: DeepSpeed's accelerator (cuda where DeepSpeed finds GPUs, cpu under DS_ACCELERATOR=cpu);
+    # cuda or cpu: refuse to start on the other one (GPU configs say cuda)
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ValueError("train.max_minutes, train.save_every, train.threads must be >= 0, train.log_every >= 1")
         if self.keep_last < 1 or self.max_nonfinite_steps < 1:
             raise ValueError("train.keep_last and train.max_nonfinite_steps must be >= 1")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"train.device: auto, cuda or cpu, got {self.device!r}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cats_ds import placement
 from cats_ds.loss import token_loss
 
 log = logging.getLogger("cats_ds.curvature")
@@ -118,14 +119,14 @@ def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eo
     chunks = [list(range(start, min(start + batch_sentences, count))) for start in range(0, count, batch_sentences)]
 
     def batch_loss(indices: list[int]) -> Loss:
-        batch = {key: tensor.to(device) for key, tensor in collate(task, indices, pad_id).items()}
+        batch = placement.to_device(collate(task, indices, pad_id), device)
         return lambda: _mean_token_loss(model, batch, pad_id, eos_id)
     return [batch_loss(indices) for indices in chunks]
 
 
 def _mean_token_loss(model, batch, pad_id: int, eos_id: int) -> torch.Tensor:
     loss = token_loss(model, batch, 0.0, pad_id, eos_id)
-    return loss.smoothed_sum / max(loss.tokens, 1)
+    return loss.smoothed_sum / loss.tokens.clamp(min=1)
 
 
 def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch_sentences: int,
@@ -149,18 +150,6 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
             "tasks": per_task}
 
 
-def resolve_device(name: str, parser: argparse.ArgumentParser) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        parser.error(f"--device {name}: {error}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {name}: torch here has no CUDA device (torch {torch.__version__})")
-    return device
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.curvature", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -170,13 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sentences", type=int, default=16)
     parser.add_argument("--trace-samples", type=int, default=0, help="Hutchinson probes per task (0: no trace)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (cuda where available, else cpu), cpu, cuda, cuda:N")
+    parser.add_argument("--device", type=placement.device_option, default="auto",
+                        help="auto (cuda where available, else cpu), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     if min(args.iterations, args.batches, args.batch_sentences) < 1 or args.trace_samples < 0:
         parser.error("--iterations, --batches and --batch-sentences must be >= 1, --trace-samples >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = measure(args.run_dir, args.tag, args.iterations, args.batches, args.batch_sentences,
-                     args.trace_samples, args.seed, resolve_device(args.device, parser))
+                     args.trace_samples, args.seed, args.device)
     (args.run_dir / "curvature.json").write_text(json.dumps(result, indent=2))
     for name, entry in result["tasks"].items():
         print(f"{name}\ttop eigenvalue {entry['top_eigenvalue']:.4g}\tdev loss {entry['dev_loss']:.4f}"

@@ -1,7 +1,9 @@
 """Process-group set-up and the few collectives the trainer needs, for 1 process or many.
 
 A plain ``python -m cats_ds.train`` gets a one-process group, so every code path (ZeRO
-included) is the same as under the ``deepspeed`` launcher or Slurm.
+included) is the same as under the ``deepspeed`` launcher or Slurm. The backend follows
+DeepSpeed's accelerator (NCCL on GPUs, gloo on the CPU), and every tensor collective takes a
+tensor on the training device (cats_ds.placement): NCCL refuses host tensors.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import deepspeed
 import deepspeed.comm as dist
 import torch
 
+from cats_ds import placement
+
 
 def init() -> None:
     """Initializes the process group; a single plain process gets a world of one."""
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    deepspeed.init_distributed(verbose=False)
+    placement.bind(local_rank())   # before the first collective: NCCL uses the current device
+    deepspeed.init_distributed(dist_backend=placement.communication_backend(), verbose=False)
     _unlink_shared_memory_names()
 
 
@@ -61,7 +66,8 @@ def barrier() -> None:
 
 
 def all_reduce_sum(values: torch.Tensor, group=None) -> torch.Tensor:
-    """Sums a float64 tensor over ranks (in place) and returns it."""
+    """Sums a tensor on the training device over ranks (in place) and returns it."""
+    _check_placed(values)
     dist.all_reduce(values, group=group)
     return values
 
@@ -80,9 +86,16 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of a float64 tensor over ranks (in place) and returns it."""
-    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    """Element-wise maximum of a tensor on the training device over ranks (in place) and returns it."""
+    _check_placed(values)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
+
+
+def _check_placed(values: torch.Tensor) -> None:
+    if values.device != placement.device():
+        raise ValueError(f"a collective got a tensor on {values.device}, the training device is "
+                         f"{placement.device()}: make it with cats_ds.placement")
 
 
 def free_port() -> int:

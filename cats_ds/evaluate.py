@@ -18,7 +18,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
-from cats_ds import distributed
+from cats_ds import distributed, placement
 from cats_ds.data.corpus import Bitext, Direction
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.data.tokenizer import Tokenizer
@@ -58,15 +58,15 @@ class EvalConfig:
 def dev_losses(model, tasks: list[TaskData], config: EvalConfig, pad_id: int, decoder_start_id: int) -> np.ndarray:
     """Mean target-token NLL per task over its first ``dev_sentences`` examples (no smoothing)."""
     rank, world = distributed.rank(), distributed.world_size()
-    sums = torch.zeros(2 * len(tasks), dtype=torch.float64)
+    sums = placement.zeros(2 * len(tasks))
     for n, task in enumerate(tasks):
         indices = list(range(min(len(task), config.dev_sentences)))[rank::world]
         for start in range(0, len(indices), config.batch_sentences):
-            batch = collate(task, indices[start:start + config.batch_sentences], pad_id)
+            batch = placement.to_device(collate(task, indices[start:start + config.batch_sentences], pad_id))
             loss = token_loss(model, batch, 0.0, pad_id, decoder_start_id)
             sums[2 * n] += loss.nll_sum
             sums[2 * n + 1] += loss.tokens
-    distributed.all_reduce_sum(sums)
+    sums = distributed.all_reduce_sum(sums).cpu()
     return (sums[0::2] / sums[1::2].clamp(min=1)).numpy()
 
 
@@ -97,8 +97,9 @@ def decode_batch(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str
     input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         input_ids[i, :len(row)] = torch.tensor(row)
-    generated = module.generate(input_ids=input_ids, attention_mask=input_ids.ne(tokenizer.pad_id).long(),
-                                num_beams=beam, max_new_tokens=int(max_len_ratio * width) + 10,
+    batch = placement.to_device({"input_ids": input_ids, "attention_mask": input_ids.ne(tokenizer.pad_id).long()},
+                                module.device)
+    generated = module.generate(**batch, num_beams=beam, max_new_tokens=int(max_len_ratio * width) + 10,
                                 synced_gpus=synced, do_sample=False)
     # encoder-decoder outputs start with the decoder start token, which is eos for M2M100
     return [tokenizer.decode(row[1:].tolist()) for row in generated]

@@ -18,8 +18,11 @@ IGNORE_INDEX = -100
 @dataclass
 class TokenLoss:
     smoothed_sum: torch.Tensor   # what is optimized (has a graph)
-    nll_sum: float               # summed negative log-likelihood, for logging
-    tokens: int                  # target tokens counted
+    nll_sum: torch.Tensor        # summed negative log-likelihood, for logging (float64, no graph)
+    tokens: torch.Tensor         # target tokens counted (float64)
+
+    # tensors on the model's device, not Python numbers: reading a number would wait for the
+    # GPU after every micro-step
 
 
 def token_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float,
@@ -36,5 +39,5 @@ def token_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float,
     # torch's label_smoothing convention: (1 - e) * nll + e * mean over the vocabulary of -log p
     uniform = -log_probs.mean(dim=-1)
     smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform
-    return TokenLoss(smoothed_sum=(smoothed * mask).sum(), nll_sum=float((nll.detach() * mask).sum()),
-                     tokens=int(mask.sum()))
+    return TokenLoss(smoothed_sum=(smoothed * mask).sum(), nll_sum=(nll.detach() * mask).sum().double(),
+                     tokens=mask.sum().double())

@@ -35,7 +35,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from cats_ds import checkpoint, distributed, faults
+from cats_ds import checkpoint, distributed, faults, placement
 from cats_ds.cats import GradientSurgery, TaskScaler
 from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers, discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
@@ -96,7 +96,7 @@ def train_step(run: Run) -> dict:
     target_total = float(tokens[0].sum())
     meta = _meta_pass(run) if cats and cats.scaler.update_due() else None
 
-    sums = torch.zeros(num_tasks, dtype=torch.float64)            # summed NLL per task (this rank)
+    sums = placement.zeros(num_tasks)                             # summed NLL per task (this rank)
     for index, window in enumerate(plan):
         task = run.train_tasks[window.task]
         if cats:
@@ -105,16 +105,17 @@ def train_step(run: Run) -> dict:
         for k, micro in enumerate(window.micro_batches):
             last_micro = k == len(window.micro_batches) - 1
             engine.set_gradient_accumulation_boundary(last_micro and (cats is not None or last_window))
-            loss = token_loss(engine, collate(task, micro, run.pad_id), config.optim.label_smoothing,
-                              run.pad_id, run.eos_id)
+            loss = token_loss(engine, placement.to_device(collate(task, micro, run.pad_id)),
+                              config.optim.label_smoothing, run.pad_id, run.eos_id)
             if faults.poisons_loss(run.step + 1, window.task):
-                loss = dataclasses.replace(loss, smoothed_sum=loss.smoothed_sum * math.nan, nll_sum=math.nan)
+                loss = dataclasses.replace(loss, smoothed_sum=loss.smoothed_sum * math.nan,
+                                           nll_sum=loss.nll_sum * math.nan)
             # DeepSpeed averages over ranks; scaling by world makes the result a sum over the global batch
             engine.backward(loss.smoothed_sum * (world / target_total))
             sums[window.task] += loss.nll_sum
         if cats:
             cats.buffers.end_window(window.task)
-    distributed.all_reduce_sum(sums)
+    sums = distributed.all_reduce_sum(sums).cpu()
     task_loss = (sums / tokens[0].clamp(min=1)).numpy()
 
     metrics = {"loss": float(sums.sum() / target_total), "task_loss": task_loss.tolist(),
@@ -158,14 +159,14 @@ def _count_nonfinite(run: Run, applied: bool, loss_scaler_skip: bool, metrics: d
 
 
 def _plan_tokens(plan, tasks: list[TaskData], num_tasks: int) -> torch.Tensor:
-    """Global target and source token counts per task for this step's plan (one all-reduce)."""
-    counts = torch.zeros(2, num_tasks, dtype=torch.float64)
+    """Global target and source token counts per task for this step's plan (one all-reduce), on the CPU."""
+    counts = np.zeros((2, num_tasks))
     for window in plan:
         target_lengths, source_lengths = tasks[window.task].tgt_lengths(), tasks[window.task].src_lengths()
         for micro in window.micro_batches:
             counts[0, window.task] += float(target_lengths[micro].sum())
             counts[1, window.task] += float(source_lengths[micro].sum())
-    return distributed.all_reduce_sum(counts)
+    return distributed.all_reduce_sum(placement.as_tensor(counts)).cpu()
 
 
 def _meta_pass(run: Run) -> dict | None:
@@ -181,7 +182,7 @@ def _meta_pass(run: Run) -> dict | None:
     plan = cats.dev_sampler.next_step()
     tokens = _plan_tokens(plan, run.valid_tasks, len(run.valid_tasks))[0].clamp(min=1)
     world = distributed.world_size()
-    sums = torch.zeros(len(run.valid_tasks), dtype=torch.float64)
+    sums = placement.zeros(len(run.valid_tasks))
     engine.eval()  # no dropout in the held-out gradient
     cats.buffers.begin_window()
     with torch.set_grad_enabled(need_gradient):
@@ -189,7 +190,8 @@ def _meta_pass(run: Run) -> dict | None:
             task = run.valid_tasks[window.task]
             for k, micro in enumerate(window.micro_batches):
                 last = index == len(plan) - 1 and k == len(window.micro_batches) - 1
-                loss = token_loss(engine, collate(task, micro, run.pad_id), 0.0, run.pad_id, run.eos_id)
+                loss = token_loss(engine, placement.to_device(collate(task, micro, run.pad_id)), 0.0,
+                                  run.pad_id, run.eos_id)
                 if need_gradient:
                     engine.set_gradient_accumulation_boundary(last)
                     engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))
@@ -197,8 +199,8 @@ def _meta_pass(run: Run) -> dict | None:
     if need_gradient:
         cats.buffers.capture_meta()
     engine.train()
-    distributed.all_reduce_sum(sums)
-    return {"losses": (sums / tokens).numpy(), "has_gradient": need_gradient}
+    losses = distributed.all_reduce_sum(sums).cpu() / tokens
+    return {"losses": losses.numpy(), "has_gradient": need_gradient}
 
 
 def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None, finite: bool) -> tuple[dict, bool]:
@@ -328,7 +330,7 @@ def _set_threads(config: RunConfig) -> None:
 # settings a run may change when it resumes: how long it runs, how it logs, saves and evaluates
 _RESUMABLE_CHANGES = ("train.run_dir", "train.max_steps", "train.max_minutes", "train.log_every", "train.save_every",
                       "train.keep_last", "train.keep_best", "train.max_nonfinite_steps", "train.threads",
-                      "train.export", "data.cache_dir", "eval.")
+                      "train.export", "train.device", "data.cache_dir", "eval.")
 
 
 def trajectory_settings(config: RunConfig) -> dict:
@@ -387,7 +389,7 @@ def _own_rank_state(per_rank: list[dict], seed: int, step: int) -> dict:
     rank, world = distributed.rank(), distributed.world_size()
     if len(per_rank) == world:
         own = per_rank[rank]
-        torch.set_rng_state(own["rng"])
+        placement.set_rng_state(own["rng"])
         return own
     log.warning("resuming a %d-rank checkpoint on %d ranks: data shards are redistributed", len(per_rank), world)
     torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
@@ -477,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def train(config: RunConfig) -> dict:
     """Prepares data, model and engine, resumes if a checkpoint exists, trains and finishes."""
+    placement.check_requested(config.train.device)
     rank = distributed.rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
@@ -617,7 +620,7 @@ def _stop_requested(started: float, budget_minutes: float, signals: StopSignals)
     """"signal", "time" or None. Every rank must stop at the same step: one all-reduce shares
     the slowest rank's clock and the stop signal any rank received (then recorded on all)."""
     received = signal.Signals[signals.received].value if signals.received else 0
-    state = torch.tensor([time.monotonic() - started, received], dtype=torch.float64)
+    state = placement.as_tensor([time.monotonic() - started, received])
     elapsed, signum = distributed.all_reduce_max(state).tolist()
     if signum:
         signals.received = signal.Signals(int(signum)).name

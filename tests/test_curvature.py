@@ -73,7 +73,7 @@ def test_cli_on_a_trained_checkpoint(tmp_path_factory):
     assert json.loads((root / "run" / "curvature.json").read_text()) == result
 
 
-@pytest.mark.parametrize("device, message", [("gpu0", "--device gpu0"), ("cuda", "no CUDA device")])
+@pytest.mark.parametrize("device, message", [("gpu0", "--device: gpu0"), ("cuda", "no CUDA device")])
 def test_a_device_this_machine_lacks_is_refused_by_name(device, message, capsys):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -64,6 +64,8 @@ class _StubTokenizer:
 class _StubModel:
     """generate() as transformers returns it for encoder-decoders: the decoder start token first."""
 
+    device = "cpu"
+
     def generate(self, input_ids, **kwargs):
         import torch
         return torch.tensor([[2, 10, 11, 2, 1]] * input_ids.shape[0])

@@ -9,15 +9,17 @@ sum_n s_n * buffer_n is written back into the partition, so DeepSpeed's own step
 check, norm, clipping, optimizer, all-gather) runs on the rescaled gradient.
 
 The partition accessors rely on DeepSpeed 0.19.8 internals measured in
-shared/notes/deepspeed-zero-internals.md; requirements.txt pins that version.
+shared/notes/deepspeed-zero-internals.md; requirements.txt pins that version. The buffers and
+the statistics stay on the training device (cats_ds.placement), next to the partition.
 """
 
 from __future__ import annotations
 
 import torch
-import deepspeed.comm as dist
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+from cats_ds import distributed, placement
 
 
 class UnsupportedSetupError(ValueError):
@@ -51,6 +53,9 @@ class PartitionGradients:
 
     def numel(self) -> int:
         return sum(t.numel() for t in self.segments())
+
+    def device(self) -> torch.device:
+        return self.segments()[0].device
 
     def read_into(self, out: torch.Tensor) -> None:
         """Copies the partition into the flat tensor ``out`` (converting dtype)."""
@@ -122,7 +127,11 @@ def _check_supported(engine, optimizer, stage: int) -> None:
 
 
 class TaskGradientBuffers:
-    """N partition-sized buffers per rank, one per task, plus one for the dev meta gradient h."""
+    """N partition-sized buffers per rank, one per task, plus one for the dev meta gradient h.
+
+    They live beside the partition they mirror, on the training device (cats_ds.placement): the
+    gradients never travel through host memory. The statistics leave the device as N*N + N
+    float64 numbers, for the TaskScaler on the CPU."""
 
     def __init__(self, partition: PartitionGradients, num_tasks: int, dtype: torch.dtype = torch.float32) -> None:
         self.partition = partition
@@ -130,7 +139,7 @@ class TaskGradientBuffers:
         self.dtype = dtype
         self.tasks: torch.Tensor | None = None      # [N, P_local], allocated on the first window
         self.meta: torch.Tensor | None = None       # [P_local], allocated on first use
-        self.present = torch.zeros(num_tasks, dtype=torch.bool)  # tasks whose window ran this step
+        self.present = [False] * num_tasks           # tasks whose window ran this step
 
     def begin_window(self) -> None:
         self.partition.clear()
@@ -138,16 +147,23 @@ class TaskGradientBuffers:
     def end_window(self, task: int) -> None:
         """Moves task ``task``'s reduced gradient into its buffer (the partition is cleared next window)."""
         if self.tasks is None:
-            numel = self.partition.numel()
-            self.tasks = torch.zeros(self.num_tasks, numel, dtype=self.dtype)
+            self.tasks = self._allocate(self.num_tasks, self.partition.numel())
         self.partition.read_into(self.tasks[task])
         self.present[task] = True
 
     def capture_meta(self) -> None:
         """Moves the reduced dev-batch gradient h into the meta buffer."""
         if self.meta is None:
-            self.meta = torch.zeros(self.partition.numel(), dtype=self.dtype)
+            self.meta = self._allocate(self.partition.numel())
         self.partition.read_into(self.meta)
+
+    def _allocate(self, *shape: int) -> torch.Tensor:
+        where = self.partition.device()
+        if where != placement.device():
+            raise UnsupportedSetupError(f"the ZeRO gradient partition is on {where}, the training device is "
+                                        f"{placement.device()}: CATS keeps its buffers beside the partition and "
+                                        "needs both on one device (no optimizer offload)")
+        return placement.zeros(*shape, dtype=self.dtype)
 
     def reduce_statistics(self, with_meta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Gram matrix G [N, N] and meta dots d [N] = <h, g_n>, summed over the data-parallel group.
@@ -156,15 +172,16 @@ class TaskGradientBuffers:
         by loss_scale**2 so they describe the true (unscaled) gradients.
         """
         assert self.tasks is not None, "no window ended this step"
-        self.tasks[~self.present] = 0  # a task absent from this step has g_n = 0, not last step's
+        for task, present in enumerate(self.present):
+            if not present:
+                self.tasks[task].zero_()   # a task absent from this step has g_n = 0, not last step's
         local = self.tasks.float()
         gram = local @ local.T
         parts = [gram.reshape(-1)]
         if with_meta:
             assert self.meta is not None, "capture_meta() was not called this step"
             parts.append(local @ self.meta.float())
-        stats = torch.cat(parts).double()
-        dist.all_reduce(stats, group=self.partition.dp_group)
+        stats = distributed.all_reduce_sum(torch.cat(parts).double(), group=self.partition.dp_group).cpu()
         stats /= self.partition.loss_scale ** 2
         n = self.num_tasks
         gram = stats[:n * n].reshape(n, n)
@@ -174,6 +191,6 @@ class TaskGradientBuffers:
     def write_combined(self, scales: torch.Tensor) -> None:
         """Writes sum_n s_n * buffer_n into the partition (one GEMV)."""
         assert self.tasks is not None
-        combined = scales.to(torch.float32) @ self.tasks.float()
+        combined = scales.to(self.tasks.device, torch.float32) @ self.tasks.float()
         self.partition.write(combined)
-        self.present.zero_()
+        self.present = [False] * self.num_tasks

@@ -179,7 +179,7 @@ def task_gradient(model, task, micro_batches, label_smoothing, total_tokens):
         batch = collate(task, mb, PAD)
         loss = token_loss(model, batch, label_smoothing, PAD, EOS)
         (loss.smoothed_sum / total_tokens).backward()
-        nll += loss.nll_sum
+        nll += float(loss.nll_sum)
     grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
                       for p in model.parameters()])
     return grad, nll, total_tokens
