@@ -3,7 +3,8 @@
 One measurement (run it under the launcher; prints one line per rank):
 
     DS_ACCELERATOR=cpu deepspeed --num_accelerators 2 --module cats_ds.bench [--stage 2] [--tasks 8]
-        [--config cats_ds/configs/bible8_cpu.yaml] [--steps 20] [--warmup K] [--json FILE] [key.sub=value ...]
+        [--config cats_ds/configs/bible8_cpu.yaml] [--precision fp32|bf16] [--steps 20] [--warmup K]
+        [--peak-tflops P] [--json FILE] [key.sub=value ...]
 
 The table over ZeRO stages and rank counts (launches the measurement once per combination and
 prints a markdown table; --out also writes it with the command, date, machine and load average):
@@ -18,7 +19,10 @@ resident set size; see ``MemoryMeter``). Then the timed steps alternate the two 
 every step, so machine noise hits both alike. Reported per rank: mean step time (CATS's meta
 pass, every cats.interval steps, included), training tokens/s (source+target, all ranks), the
 ratio, the median ratio of steps without a meta pass, CATS's buffer memory against the
-partition size, and each engine's memory. The model, batch and CATS settings come from the run
+partition size, each engine's memory, and the model TFLOP/s of the training batches
+(cats_ds.sizes.training_flops; CATS's meta pass is extra work, not counted), as model FLOP
+utilization when ``--peak-tflops`` gives the device's measured matrix rate. Step times are taken
+with the device's queue drained before and after each step. The model, batch and CATS settings come from the run
 config (default: the embedded default's), so the figures describe what users run. Synthetic
 token data (random ids, Bible-like lengths) keeps the benchmark self-contained.
 """
@@ -47,11 +51,12 @@ import numpy as np
 import psutil
 import torch
 
-from cats_ds import distributed
+from cats_ds import distributed, placement
 from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
 from cats_ds.model import build_hf_config, build_model, count_parameters
+from cats_ds.sizes import training_flops
 from cats_ds.train import Run, build_cats, build_engine, train_step
 
 PAD, EOS = 1, 2
@@ -83,13 +88,13 @@ class FixedPlans:
         return self.plan
 
 
-def timed_step(run: Run) -> tuple[float, float]:
-    """Seconds and training tokens (source+target, all ranks) of one optimizer step."""
+def timed_step(run: Run) -> tuple[float, dict]:
+    """Seconds and metrics of one optimizer step (the device's queue drained on both sides)."""
+    placement.synchronize()
     start = time.perf_counter()
     metrics = train_step(run)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, metrics["target_tokens"] + metrics["source_tokens"]
+    placement.synchronize()
+    return time.perf_counter() - start, metrics
 
 
 class MemoryMeter:
@@ -106,7 +111,7 @@ class MemoryMeter:
     _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
     def __init__(self) -> None:
-        self.cuda = torch.cuda.is_available()
+        self.cuda = placement.on_gpu()
         self._mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
 
     def start(self) -> float:
@@ -145,7 +150,7 @@ def _vm_hwm_bytes() -> int:
 
 def process_peak_mib() -> float:
     """The whole process's peak (both engines): CUDA max allocated, else peak RSS."""
-    if torch.cuda.is_available():
+    if placement.on_gpu():
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -187,12 +192,14 @@ def build_runs(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlan
 def measure(args: argparse.Namespace) -> dict:
     """One stage at this launch's world size; returns this rank's result (printed on rank 0)."""
     distributed.init()
-    if not torch.cuda.is_available():
+    if not placement.on_gpu():
         torch.set_num_threads(1)
         torch.set_flush_denormal(True)
     meter = MemoryMeter()
-    config = load_config(args.config, [f"train.ds_config=ds_configs/zero{args.stage}.json", *args.overrides])
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+    config = load_config(args.config, [f"train.ds_config=ds_configs/zero{args.stage}{suffix}.json", *args.overrides])
     tasks = synthetic_tasks(args.tasks, config.data.vocab_size, config.data.max_len, seed=1)
+    seq_len = float(np.mean(np.concatenate([t.src_lengths() for t in tasks])))
     model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0, EOS),
                         config.train.seed)
     probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
@@ -203,16 +210,19 @@ def measure(args: argparse.Namespace) -> dict:
     warmup = args.warmup if args.warmup is not None else first_update_step(config)
     runs, memory = build_runs(config, model, tasks, plans, [sampler.next_step() for _ in range(warmup)], meter)
     meter.timing()
-    times, tokens = {"plain": [], "cats": []}, {"plain": 0.0, "cats": 0.0}
+    times, tokens, flops = {"plain": [], "cats": []}, {"plain": 0.0, "cats": 0.0}, {"plain": 0.0, "cats": 0.0}
     without_meta = []   # CATS/plain ratio of the steps that ran no meta pass
     for step in range(args.steps):
         plans.plan = sampler.next_step()
         meta_step = runs["cats"].cats.scaler.update_due() and config.cats.meta_source == "dev"
         elapsed = {}
         for name in (("plain", "cats") if step % 2 == 0 else ("cats", "plain")):
-            elapsed[name], step_tokens = timed_step(runs[name])
+            elapsed[name], metrics = timed_step(runs[name])
             times[name].append(elapsed[name])
-            tokens[name] += step_tokens
+            tokens[name] += metrics["target_tokens"] + metrics["source_tokens"]
+            # the training batch's model FLOPs on this rank; CATS's meta pass is extra work, not counted
+            flops[name] += training_flops(config.model, config.data.vocab_size, metrics["source_tokens"],
+                                          metrics["target_tokens"], seq_len) / distributed.world_size()
         if not meta_step:
             without_meta.append(elapsed["cats"] / elapsed["plain"])
     buffers = runs["cats"].cats.buffers
@@ -223,6 +233,8 @@ def measure(args: argparse.Namespace) -> dict:
         "plain_step_s": statistics.mean(times["plain"]), "cats_step_s": statistics.mean(times["cats"]),
         "plain_tokens_per_s": tokens["plain"] / sum(times["plain"]),
         "cats_tokens_per_s": tokens["cats"] / sum(times["cats"]),
+        "precision": args.precision, "device": _machine(),
+        **{f"{name}_model_tflops": flops[name] / sum(times[name]) / 1e12 for name in times},
         "ratio_without_meta_pass": statistics.median(without_meta) if without_meta else float("nan"),
         "partition_elements": buffers.tasks.shape[1],
         "cats_buffer_mib": sum(t.numel() * t.element_size() for t in (buffers.tasks, buffers.meta) if t is not None)
@@ -230,6 +242,9 @@ def measure(args: argparse.Namespace) -> dict:
         "memory": memory, "process_peak_mib": process_peak_mib(),
     }
     result["ratio"] = result["cats_step_s"] / result["plain_step_s"]
+    if args.peak_tflops:   # model FLOP utilization against the device's measured matrix rate
+        for name in times:
+            result[f"{name}_mfu"] = result[f"{name}_model_tflops"] / args.peak_tflops
     report = distributed.all_gather_objects(result)
     if distributed.rank() == 0:
         for r, item in enumerate(report):
@@ -237,6 +252,7 @@ def measure(args: argparse.Namespace) -> dict:
                   f"params={item['parameters']:,} plain {item['plain_step_s']:.3f}s cats {item['cats_step_s']:.3f}s "
                   f"ratio {item['ratio']:.3f} (steps without meta pass: {item['ratio_without_meta_pass']:.3f}); "
                   f"tokens/s plain {item['plain_tokens_per_s']:.0f} cats {item['cats_tokens_per_s']:.0f}; "
+                  f"model TFLOP/s plain {item['plain_model_tflops']:.3g} cats {item['cats_model_tflops']:.3g}; "
                   f"partition {item['partition_elements']:,} elements, "
                   f"CATS buffers {item['cats_buffer_mib']:.1f} MiB; "
                   f"memory {json.dumps(item['memory'])} MiB; process peak {item['process_peak_mib']:.0f} MiB")
@@ -254,6 +270,7 @@ def launch(args: argparse.Namespace, world: int, stage: int, json_path: Path) ->
     launcher = Path(sys.executable).with_name("deepspeed")
     command = [str(launcher), "--num_accelerators", str(world), "--master_port", str(distributed.free_port()),
                "--module", "cats_ds.bench", "--config", args.config, "--stage", str(stage), "--tasks", str(args.tasks),
+               "--precision", args.precision, *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
                "--steps", str(args.steps), "--json", str(json_path),
                *(["--warmup", str(args.warmup)] if args.warmup is not None else []), *args.overrides]
     result = subprocess.run(command, text=True, capture_output=True)
@@ -306,7 +323,7 @@ def table(args: argparse.Namespace) -> str:
 
 
 def _machine() -> str:
-    if torch.cuda.is_available():
+    if placement.on_gpu():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
     return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), 1 thread per rank"
 
@@ -321,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict | str:
     parser.add_argument("--config", default=str(CONFIG_DIR / "bible8_cpu.yaml"))
     parser.add_argument("--stage", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="ds_configs/zero{stage}.json or zero{stage}_bf16.json")
+    parser.add_argument("--peak-tflops", type=float, help="the device's measured matrix rate, for the MFU figures")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, help="untimed steps per engine, >= 1 (default: up to CATS's first update)")
     parser.add_argument("--json", help="also write the results to this file (rank 0)")

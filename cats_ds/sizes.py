@@ -96,6 +96,25 @@ def activation_bytes(config: ModelConfig, vocab: int, tokens_per_micro: int, seq
     return hidden + 12 * per_side * vocab
 
 
+def training_flops(config: ModelConfig, vocab: int, source_tokens: float, target_tokens: float,
+                   seq_len: float) -> float:
+    """Model FLOPs of one training pass over these tokens: 3 x the forward's matrix products.
+
+    Forward, counting 2 FLOPs per multiply-add, with sequences of ``seq_len`` tokens: per source
+    token and encoder layer 2 (4 d^2 + 2 d ffn) for projections and feed-forward plus 4 d L for
+    attention scores and values; per target token and decoder layer the same for self-attention
+    and feed-forward, 2 (2 d^2) + 4 d L for cross-attention's query, output, scores and values,
+    and per source token and decoder layer 2 (2 d^2) for cross-attention's keys and values of
+    the encoder output; per target token 2 d V for the output layer. Embedding lookups, norms,
+    softmax and the loss are not counted (as in Megatron's MFU).
+    """
+    d, enc, dec, _, ffn = config.dimensions()
+    layer = 2 * (4 * d * d + 2 * d * ffn) + 4 * d * seq_len
+    encoder = source_tokens * enc * layer
+    decoder = target_tokens * dec * (layer + 4 * d * d + 4 * d * seq_len) + source_tokens * dec * 4 * d * d
+    return 3 * (encoder + decoder + 2 * d * vocab * target_tokens)
+
+
 @dataclass
 class SizeRow:
     preset: str

@@ -217,6 +217,8 @@ def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None, finite: bool) 
     if finite:
         cats.scales = cats.scaler.update(losses, gram, dots if with_gradient else None)
     cats.buffers.write_combined(cats.scales)
+    if not finite and run.engine.fp16_enabled():
+        cats.buffers.flag_overflow()
     norms = gram.diagonal().clamp(min=0).sqrt()
     record = {"scales": cats.scales.tolist(), "alpha": cats.scaler.alpha.tolist(), "lambda": float(cats.scaler.lam),
               "grad_norm": norms.tolist(), "meta_losses": losses.tolist(), **cats.scaler.describe()}

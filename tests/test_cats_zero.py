@@ -110,3 +110,29 @@ def test_unsupported_setups_are_refused_at_start_naming_the_setting(tmp_path):
     assert "zero_optimization.stage" in messages["stage0"]
     assert "offload_optimizer" in messages["offload"]
     assert "grad_accum_dtype" in messages["bf16_optimizer"]
+
+
+def test_an_overflow_seen_only_in_the_statistics_reaches_deepspeeds_overflow_check():
+    """fp16: a non-finite meta pass with a finite training gradient must still make DeepSpeed skip
+    the step and lower the loss scale, so the partition it checks is made non-finite."""
+    import torch
+
+    from cats_ds.cats.zero import TaskGradientBuffers
+
+    class Partition:
+        def __init__(self):
+            self.values = torch.ones(4)
+
+        def segments(self):
+            return [self.values]
+
+        def write(self, flat):
+            self.values.copy_(flat)
+
+    partition = Partition()
+    buffers = TaskGradientBuffers(partition, num_tasks=2)
+    buffers.tasks = torch.ones(2, 4)
+    buffers.write_combined(torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert torch.isfinite(partition.values).all()
+    buffers.flag_overflow()
+    assert not torch.isfinite(partition.values).all()

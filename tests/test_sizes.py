@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cats_ds.model import PRESETS, ModelConfig
 from cats_ds.sizes import (PRECISIONS, activation_bytes, cats_buffer_bytes, cats_temporary_bytes, main,
@@ -51,3 +52,23 @@ def test_command_prints_every_preset_twice(capsys):
     assert [row.split(" | ")[0][2:] for row in rows] == [p for p in PRESETS for _ in range(2)]
     six_b = [row for row in rows if row.startswith("| 6b | 5,900,877,824 | bf16")][0]
     assert "| 87.9 GiB | 30.2 GiB | 20.6 GiB | 11.0 GiB |" in six_b   # 16, 4 + 12/8, 2 + 14/8, 16/8 bytes x psi
+
+
+def test_training_flops_match_torchs_flop_counter_on_a_real_model():
+    """The closed form against PyTorch's own count of the matrix products (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cats_ds.loss import token_loss
+    from cats_ds.model import ModelConfig, build_hf_config, build_model
+    from cats_ds.sizes import training_flops
+
+    config, vocab, batch, length = ModelConfig(preset="tiny", d_model=64, ffn_dim=96), 300, 3, 12
+    model = build_model(build_hf_config(config, vocab, 32, 1, 0, 2), seed=0)
+    model.set_attn_implementation("eager")   # torch's counter does not count the CPU's fused attention kernel
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(4, vocab, (batch, length), generator=generator)
+    inputs = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens.flip(1)}
+    with FlopCounterMode(display=False) as counter:
+        token_loss(model, inputs, 0.0, 1, 2).smoothed_sum.backward()
+    expected = training_flops(config, vocab, batch * length, batch * length, length)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)

@@ -194,3 +194,9 @@ class TaskGradientBuffers:
         combined = scales.to(self.tasks.device, torch.float32) @ self.tasks.float()
         self.partition.write(combined)
         self.present = [False] * self.num_tasks
+
+    def flag_overflow(self) -> None:
+        """Makes the partition non-finite, so that DeepSpeed's fp16 overflow check skips the step
+        and lowers the loss scale, as for an overflow in the training backward: an overflow seen
+        only in the statistics (the dev meta pass) then backs the scale off too."""
+        self.partition.segments()[0].view(-1)[0] = float("inf")

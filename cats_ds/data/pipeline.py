@@ -18,7 +18,6 @@ from typing import Literal
 
 from cats_ds.data import bible
 from cats_ds.data.corpus import Bitext, Direction, read_split
-from cats_ds.data.hub import HubSpec, export_hub_corpus
 from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, save_tasks
 from cats_ds.data.tokenizer import Tokenizer, train_or_load
 
@@ -119,6 +118,7 @@ def _materialize_corpus(config: DataConfig, corpus_dir: Path) -> Path:
     if config.source == "local":
         return Path(config.local_dir)
     if config.source == "hub":
+        from cats_ds.data.hub import HubSpec, export_hub_corpus   # HF datasets only where the hub is used
         return export_hub_corpus(HubSpec(config.hub_dataset, tuple(config.hub_directions)), corpus_dir)
     return bible.prepare_bible(config.preset, config.direction, corpus_dir, cache_dir=config.cache_root(),
                                low_resource_size=config.low_resource_size, seed=config.seed)

@@ -11,7 +11,8 @@ job runs both virtual ranks' micro-batches itself):
 Rank 0 also computes the dense references: per-task gradients by separate backward passes
 over the whole global batch in float64 accounting, the same TaskScaler (or GradientSurgery)
 and AdamW.
-Everything measured is written to OUT.json; the test asserts on it.
+Everything measured is written to OUT.json, with its relative errors against the references
+under "errors" (what launch/gpu_check.sh reports); the test asserts on the measurements.
 """
 
 from __future__ import annotations
@@ -185,6 +186,31 @@ def task_gradient(model, task, micro_batches, label_smoothing, total_tokens):
     return grad, nll, total_tokens
 
 
+def relative(a, b) -> float:
+    """||a - b|| / ||b|| over all entries (float64)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def errors(results: dict) -> dict:
+    """Relative errors: scales fixed at 1 against plain, CATS against the dense reference."""
+    reference = results["reference"]
+    alpha = [t["alpha"] for t in reference["trajectory"]]
+
+    def against_reference(run: dict) -> dict:
+        return {"first_gram": relative(run["grams"][0], reference["grams"][0]),
+                "grams": relative(run["grams"], reference["grams"]),
+                "params": relative(run["params"], reference["params"]),
+                "alpha": relative([t["alpha"] for t in run["trajectory"]], alpha),
+                "finite": bool(np.isfinite(run["params"]).all())}
+    stages = {stage: {"ones_vs_plain": relative(runs["ones"]["params"], runs["plain"]["params"]),
+                      "plain_moved": relative(runs["plain"]["params"], results["initial"]),
+                      "cats_vs_reference": against_reference(runs["cats"])}
+              for stage, runs in results["stages"].items()}
+    return {"stages": stages, "configs": {path: against_reference(run) for path, run in results["configs"].items()},
+            "reference_alpha_moved": float(np.abs(np.asarray(alpha[-1]) - 1 / len(alpha[-1])).max())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -213,6 +239,7 @@ def main() -> None:
         results["reference"] = dense_reference(train, valid, model)
         if args.surgery:
             results["surgery_reference"] = {mode: dense_reference(train, valid, model, mode) for mode in SURGERY}
+        results["errors"] = errors(results)
         with open(out, "w") as handle:
             json.dump(results, handle)
 
