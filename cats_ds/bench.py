@@ -52,12 +52,13 @@ import psutil
 import torch
 
 from cats_ds import distributed, placement
+from cats_ds.cats.hook import CATSHook
 from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
 from cats_ds.model import build_hf_config, build_model, count_parameters
 from cats_ds.sizes import training_flops
-from cats_ds.train import Run, build_cats, build_engine, train_step
+from cats_ds.train import Run, build_engine, train_step
 
 PAD, EOS = 1, 2
 METHODS = (("plain", False), ("cats", True))
@@ -164,7 +165,9 @@ def make_run(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans,
     run_config = copy.deepcopy(config)
     run_config.cats.enabled = cats
     engine = build_engine(run_config, copy.deepcopy(model))
-    return Run(run_config, engine, tasks, tasks, plans, build_cats(run_config, engine, tasks), PAD, EOS)
+    probs = temperature_probs([len(t) for t in tasks], run_config.sampling.temperature)
+    return Run(run_config, engine, tasks, tasks, plans, CATSHook.build(run_config, engine, tasks, PAD, EOS, probs),
+               PAD, EOS)
 
 
 def build_runs(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans, warmup_plans: list,

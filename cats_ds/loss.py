@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.models.m2m_100.modeling_m2m_100 import shift_tokens_right
+
+from cats_ds import distributed, placement
 
 IGNORE_INDEX = -100
 
@@ -41,3 +44,15 @@ def token_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float,
     smoothed = (1.0 - label_smoothing) * nll + label_smoothing * uniform
     return TokenLoss(smoothed_sum=(smoothed * mask).sum(), nll_sum=(nll.detach() * mask).sum().double(),
                      tokens=mask.sum().double())
+
+
+def plan_tokens(plan, tasks, num_tasks: int) -> torch.Tensor:
+    """Global target and source token counts per task [2, N] of a sampler plan (one all-reduce),
+    on the CPU: the loss normalizer, so that the per-task gradients add up to the mean-loss gradient."""
+    counts = np.zeros((2, num_tasks))
+    for window in plan:
+        target_lengths, source_lengths = tasks[window.task].tgt_lengths(), tasks[window.task].src_lengths()
+        for micro in window.micro_batches:
+            counts[0, window.task] += float(target_lengths[micro].sum())
+            counts[1, window.task] += float(source_lengths[micro].sum())
+    return distributed.all_reduce_sum(placement.as_tensor(counts)).cpu()

@@ -36,29 +36,18 @@ import yaml
 from tqdm import tqdm
 
 from cats_ds import checkpoint, distributed, faults, placement
-from cats_ds.cats import GradientSurgery, TaskScaler
-from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers, discard_gradients
+from cats_ds.cats.hook import CATSHook
+from cats_ds.cats.zero import discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
 from cats_ds.data import pipeline
 from cats_ds.data.sampler import LanguageSyncSampler, reshard_states, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu, group_means, results_table, source_use_check
-from cats_ds.loss import token_loss
+from cats_ds.loss import plan_tokens, token_loss
 from cats_ds.metrics import MetricsWriter, run_file
 from cats_ds.model import build_hf_config, build_model, count_parameters, describe
 
 log = logging.getLogger("cats_ds.train")
-
-
-@dataclass
-class CATSState:
-    """Everything CATS adds to a run: the algorithm (or a surgery baseline), its partition
-    buffers, the dev sampler."""
-
-    scaler: TaskScaler | GradientSurgery
-    buffers: TaskGradientBuffers
-    dev_sampler: LanguageSyncSampler | None     # dev batches for meta losses / the meta gradient
-    scales: torch.Tensor                         # float64 [N], applied this step
 
 
 @dataclass
@@ -70,7 +59,7 @@ class Run:
     train_tasks: list[TaskData]
     valid_tasks: list[TaskData]
     sampler: LanguageSyncSampler
-    cats: CATSState | None
+    cats: CATSHook | None                        # everything CATS adds to a step; None: plain training
     pad_id: int
     eos_id: int
     step: int = 0
@@ -92,15 +81,16 @@ def train_step(run: Run) -> dict:
     world = distributed.world_size()
     plan = run.sampler.next_step()
     num_tasks = len(run.train_tasks)
-    tokens = _plan_tokens(plan, run.train_tasks, num_tasks)       # [2, N]: target, source tokens (global)
+    tokens = plan_tokens(plan, run.train_tasks, num_tasks)        # [2, N]: target, source tokens (global)
     target_total = float(tokens[0].sum())
-    meta = _meta_pass(run) if cats and cats.scaler.update_due() else None
+    if cats:
+        cats.begin_step()
 
     sums = placement.zeros(num_tasks)                             # summed NLL per task (this rank)
     for index, window in enumerate(plan):
         task = run.train_tasks[window.task]
         if cats:
-            cats.buffers.begin_window()
+            cats.begin_window()
         last_window = index == len(plan) - 1
         for k, micro in enumerate(window.micro_batches):
             last_micro = k == len(window.micro_batches) - 1
@@ -114,7 +104,7 @@ def train_step(run: Run) -> dict:
             engine.backward(loss.smoothed_sum * (world / target_total))
             sums[window.task] += loss.nll_sum
         if cats:
-            cats.buffers.end_window(window.task)
+            cats.end_window(window.task)
     sums = distributed.all_reduce_sum(sums).cpu()
     task_loss = (sums / tokens[0].clamp(min=1)).numpy()
 
@@ -123,7 +113,7 @@ def train_step(run: Run) -> dict:
                "token_share": (tokens[0] / target_total).tolist()}
     finite = bool(np.isfinite(task_loss).all())
     if cats:
-        metrics["cats"], finite = _rescale(run, task_loss, meta, finite)
+        metrics["cats"], finite = cats.before_optimizer_step(task_loss, tokens[0] / target_total, finite, run.step)
     if finite or engine.fp16_enabled():
         engine.step()       # fp16: DeepSpeed's loss scaler sees the overflow, skips and backs off
     else:
@@ -156,75 +146,6 @@ def _count_nonfinite(run: Run, applied: bool, loss_scaler_skip: bool, metrics: d
             f"{limit} steps in a row had a non-finite loss or gradient (up to step {run.step}); the model is "
             "diverging: lower optim.lr, raise optim.warmup_steps or check the data, then resume from the last "
             "checkpoint (train.max_nonfinite_steps sets this limit)")
-
-
-def _plan_tokens(plan, tasks: list[TaskData], num_tasks: int) -> torch.Tensor:
-    """Global target and source token counts per task for this step's plan (one all-reduce), on the CPU."""
-    counts = np.zeros((2, num_tasks))
-    for window in plan:
-        target_lengths, source_lengths = tasks[window.task].tgt_lengths(), tasks[window.task].src_lengths()
-        for micro in window.micro_batches:
-            counts[0, window.task] += float(target_lengths[micro].sum())
-            counts[1, window.task] += float(source_lengths[micro].sum())
-    return distributed.all_reduce_sum(placement.as_tensor(counts)).cpu()
-
-
-def _meta_pass(run: Run) -> dict | None:
-    """Dev-batch meta losses, and for ``lookahead`` the dev meta gradient h in the meta buffer.
-
-    h = sum_n grad of task n's mean token loss on its dev batch, so each task's loss is divided
-    by that task's own global dev target tokens.
-    """
-    cats, engine = run.cats, run.engine
-    if cats.scaler.config.meta_source != "dev":
-        return None
-    need_gradient = cats.scaler.config.objective == "lookahead"
-    plan = cats.dev_sampler.next_step()
-    tokens = _plan_tokens(plan, run.valid_tasks, len(run.valid_tasks))[0].clamp(min=1)
-    world = distributed.world_size()
-    sums = placement.zeros(len(run.valid_tasks))
-    engine.eval()  # no dropout in the held-out gradient
-    cats.buffers.begin_window()
-    with torch.set_grad_enabled(need_gradient):
-        for index, window in enumerate(plan):
-            task = run.valid_tasks[window.task]
-            for k, micro in enumerate(window.micro_batches):
-                last = index == len(plan) - 1 and k == len(window.micro_batches) - 1
-                loss = token_loss(engine, placement.to_device(collate(task, micro, run.pad_id)), 0.0,
-                                  run.pad_id, run.eos_id)
-                if need_gradient:
-                    engine.set_gradient_accumulation_boundary(last)
-                    engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))
-                sums[window.task] += loss.nll_sum
-    if need_gradient:
-        cats.buffers.capture_meta()
-    engine.train()
-    losses = distributed.all_reduce_sum(sums).cpu() / tokens
-    return {"losses": losses.numpy(), "has_gradient": need_gradient}
-
-
-def _rescale(run: Run, train_loss: np.ndarray, meta: dict | None, finite: bool) -> tuple[dict, bool]:
-    """Gram matrix, TaskScaler update, rescaled gradient written into the ZeRO partition.
-
-    Returns the step's CATS record and whether the statistics were finite; when they are not,
-    the TaskScaler is left untouched and the step's scales stay as they were."""
-    cats = run.cats
-    with_gradient = meta is not None and meta["has_gradient"]
-    gram, dots = cats.buffers.reduce_statistics(with_meta=with_gradient)
-    losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
-    statistics = [gram, losses] + ([dots] if with_gradient else [])
-    finite = finite and all(bool(torch.isfinite(t).all()) for t in statistics)
-    if finite:
-        cats.scales = cats.scaler.update(losses, gram, dots if with_gradient else None)
-    cats.buffers.write_combined(cats.scales)
-    if not finite and run.engine.fp16_enabled():
-        cats.buffers.flag_overflow()
-    norms = gram.diagonal().clamp(min=0).sqrt()
-    record = {"scales": cats.scales.tolist(), "alpha": cats.scaler.alpha.tolist(), "lambda": float(cats.scaler.lam),
-              "grad_norm": norms.tolist(), "meta_losses": losses.tolist(), **cats.scaler.describe()}
-    if run.step % cats.scaler.config.cosine_every == 0:
-        record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
-    return record, finite
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,27 +208,6 @@ def _load_ds_config(path: Path, config: RunConfig) -> dict:
             "steps_per_print": ds_config.get("steps_per_print", 10 ** 9)}
 
 
-def build_cats(config: RunConfig, engine, valid_tasks: list[TaskData]) -> CATSState | None:
-    if not config.cats.enabled:
-        return None
-    num_tasks = len(valid_tasks)
-    if config.cats.method == "cats":
-        scaler = TaskScaler(config.cats, num_tasks=num_tasks)
-    else:
-        scaler = GradientSurgery(config.cats, num_tasks, seed=config.train.seed)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.cats.buffer_dtype]
-    buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, dtype)
-    dev_sampler = None
-    if config.cats.meta_source == "dev" and config.cats.method == "cats":
-        uniform = np.full(num_tasks, 1.0 / num_tasks)
-        dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
-                                          config.cats.meta_tokens_per_task * num_tasks,
-                                          config.sampling.max_tokens_per_micro, seed=config.train.seed + 1,
-                                          rank=distributed.rank(), world_size=distributed.world_size(),
-                                          task_names=[t.name for t in valid_tasks])
-    return CATSState(scaler, buffers, dev_sampler, torch.ones(num_tasks, dtype=torch.float64))
-
-
 def prepare_data(config: RunConfig) -> pipeline.PreparedData:
     """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache."""
     if distributed.local_rank() != 0:
@@ -355,10 +255,8 @@ def client_state(run: Run) -> dict:
     state = {"step": run.step, "best": run.best, "nonfinite_steps": run.nonfinite_steps,
              "settings": trajectory_settings(run.config), "per_rank": {"sampler": run.sampler.state_dict()}}
     if run.cats:
-        state["cats"] = run.cats.scaler.state_dict()
-        state["cats_scales"] = run.cats.scales.tolist()
-        if run.cats.dev_sampler:
-            state["per_rank"]["dev_sampler"] = run.cats.dev_sampler.state_dict()
+        state.update(run.cats.state_dict())
+        state["per_rank"].update(run.cats.per_rank_state())
     return state
 
 
@@ -369,12 +267,7 @@ def restore(run: Run, state: dict, where: Path) -> None:
     own = _own_rank_state(state["per_rank"], run.config.train.seed, run.step)
     run.sampler.load_state_dict(own["sampler"])
     if run.cats:
-        if "cats" not in state:
-            raise ValueError(f"{where} was saved without CATS; resume it with cats.enabled=false")
-        run.cats.scaler.load_state_dict(state["cats"])
-        run.cats.scales = torch.tensor(state["cats_scales"], dtype=torch.float64)
-        if run.cats.dev_sampler:
-            run.cats.dev_sampler.load_state_dict(own["dev_sampler"])
+        run.cats.load_state_dict(state, own, where)
 
 
 def _check_same_settings(now: dict, saved: dict, where: Path) -> None:
@@ -509,8 +402,8 @@ def train(config: RunConfig) -> dict:
                                   config.sampling.max_tokens_per_micro, seed=config.train.seed,
                                   rank=rank, world_size=distributed.world_size(),
                                   sort_block=config.sampling.sort_block, task_names=data.task_names)
-    run = Run(config, engine, data.train, data.valid, sampler, build_cats(config, engine, data.valid),
-              tokenizer.pad_id, tokenizer.eos_id)
+    cats = CATSHook.build(config, engine, data.valid, tokenizer.pad_id, tokenizer.eos_id, probs)
+    run = Run(config, engine, data.train, data.valid, sampler, cats, tokenizer.pad_id, tokenizer.eos_id)
     if run.cats:
         log.info("CATS on: %s", config.cats)
 
@@ -524,7 +417,7 @@ def train(config: RunConfig) -> dict:
               "parameters": count_parameters(model), "world_size": distributed.world_size(),
               "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None}
     if run.cats:   # the TaskScaler state training starts (or resumes) from
-        record["cats_state"] = {"alpha": run.cats.scaler.alpha.tolist(), **run.cats.scaler.describe()}
+        record["cats_state"] = run.cats.describe_start()
     writer.write("run", run.step, record)
     with StopSignals() as signals:
         stop = train_loop(run, data, writer, checkpoints, signals)

@@ -17,6 +17,17 @@ Objectives: ``lookahead`` f = -(d^T s)/eps with d = meta_dots (None: d = G 1),
 grad f = -N d / eps; ``weighted_loss`` grad f = L / mean(L); ``robust``
 grad f = -L / mean(L).
 
+Parameterizations. ``scales`` (above): s = N alpha multiplies the share-weighted task
+gradients g_n = (T_n / T_B) gbar_n, so a task's weight in the update moves only by the factor
+s_n. ``weights``: w = alpha acts on the per-task *mean* gradients gbar_n = g_n / pi_n (pi_n the
+step's realized target-token share), the update is sum_n w_n gbar_n, and w can go anywhere on
+the floored simplex, from the T=1 mixture to uniform and beyond. The caller passes the mean
+gradients' statistics, Gbar = D^-1 G D^-1 and dbar = D^-1 d with D = diag(pi), and ``plain``
+= pi (the weights of plain training); the same primal-dual step then runs with s = w (gain 1
+instead of N), and the caller turns w into the partition's scales s_n = w_n / pi_n
+(cats_ds/cats/statistics.py). w starts at the sampling distribution, projected onto the
+floored simplex; w = pi is plain training exactly.
+
 A task is *absent* from a step when its gradient is exactly zero, i.e.
 G[n, n] == 0 (its Gram row and column are then zero). The step has no
 information about an absent task, so its alpha is frozen: only the present
@@ -39,6 +50,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 EPSILON_MODES = ("relative", "absolute")
+PARAMETERIZATIONS = ("scales", "weights")
 METHODS = ("cats", "pcgrad", "mgda")
 OBJECTIVES = ("lookahead", "weighted_loss", "robust")
 META_SOURCES = ("dev", "train")
@@ -107,6 +119,8 @@ class CATSConfig:
       interval to amortize the dev-batch cost of ``lookahead``.
     - ``objective = "lookahead"`` with ``meta_source = "dev"``: with
       training-batch meta gradients the lookahead optimum is s = 1 (no-op).
+    - ``parameterization = "scales"``: the measured default so far; ``weights``
+      gives CATS authority over the mixture (module docstring).
 
     ``meta_source`` (where meta losses and the meta gradient h come from),
     ``cosine_every`` (how often the trainer logs the cosine matrix),
@@ -135,6 +149,7 @@ class CATSConfig:
     cosine_every: int = 10
     buffer_dtype: str = "fp32"
     meta_tokens_per_task: int = 1000
+    parameterization: str = "scales"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -154,6 +169,10 @@ class CATSConfig:
         _check_int("meta_tokens_per_task", self.meta_tokens_per_task, 1)
         _check_choice("gram", self.gram, GRAM_MODES)
         _check_int("cosine_every", self.cosine_every, 1)
+        _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        if self.parameterization == "weights" and self.method != "cats":
+            raise _config_error("parameterization", self.parameterization,
+                                f"'scales' with method {self.method!r} (weights are a CATS parameterization)")
 
 
 def project_floored_simplex(v: ArrayLike, floor: float, mass: float = 1.0) -> torch.Tensor:
@@ -204,11 +223,13 @@ def _optional_float(value: float | None) -> float:
 class TaskScaler:
     """Holds alpha and lambda for N tasks and updates them from per-step Gram matrices.
 
-    ``update`` returns the scales s = N * alpha as a float64 CPU tensor (a
-    fresh copy; callers convert to their dtype and device).
+    ``update`` returns the scales s = N * alpha (parameterization ``weights``:
+    the weights w = alpha) as a float64 CPU tensor (a fresh copy; callers
+    convert to their dtype and device). ``initial``: the starting alpha
+    (default uniform), projected onto the floored simplex.
     """
 
-    def __init__(self, config: CATSConfig, num_tasks: int) -> None:
+    def __init__(self, config: CATSConfig, num_tasks: int, initial: ArrayLike | None = None) -> None:
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"TaskScaler: num_tasks must be an integer >= 1, got {num_tasks!r}")
         if config.alpha_min * num_tasks > 1.0 + _FEASIBILITY_TOL:
@@ -216,7 +237,11 @@ class TaskScaler:
                 f"CATSConfig.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}], got {config.alpha_min!r}")
         self.config = config
         self.num_tasks = num_tasks
+        self._gain = float(num_tasks) if config.parameterization == "scales" else 1.0   # s = gain * alpha
         self._alpha = torch.full((num_tasks,), 1.0 / num_tasks, dtype=torch.float64)
+        if initial is not None:
+            start = _as_float64("initial", initial, (num_tasks,))
+            self._alpha = project_floored_simplex(start / start.sum(), config.alpha_min)
         self._lam = 0.0
         self._ema_plain_sq_norm: float | None = None  # EMA of 1^T G 1
         self._step = 0  # number of update() calls
@@ -228,7 +253,7 @@ class TaskScaler:
 
     @property
     def scales(self) -> torch.Tensor:
-        return self.num_tasks * self._alpha
+        return self._gain * self._alpha
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -286,13 +311,17 @@ class TaskScaler:
             "skipped": float(self._num_skipped),
         }
 
-    def update(self, losses: ArrayLike, gram: ArrayLike, meta_dots: ArrayLike | None = None) -> torch.Tensor:
+    def update(self, losses: ArrayLike, gram: ArrayLike, meta_dots: ArrayLike | None = None,
+               plain: ArrayLike | None = None) -> torch.Tensor:
         """Feed one optimizer step's losses [N], Gram matrix [N, N] and meta dots [N]; return scales [N].
 
+        ``plain``: the coefficients of plain training in this parameterization
+        (default: s = 1 for ``scales``; ``weights`` passes the realized shares pi).
         Every call advances the step counter. Finite inputs update the EMA of
-        1^T G 1; the primal-dual step runs only on steps after warmup_steps
-        that fall on the interval. Non-finite inputs (losses of absent tasks
-        excepted) change nothing but the step and skipped counters.
+        plain training's squared update norm (1^T G 1 for scales); the
+        primal-dual step runs only on steps after warmup_steps that fall on the
+        interval. Non-finite inputs (losses of absent tasks excepted) change
+        nothing but the step and skipped counters.
         """
         update_due = self.update_due()
         self._step += 1
@@ -302,6 +331,7 @@ class TaskScaler:
         losses64 = _as_float64("losses", losses, (n,))
         gram64 = self._prepare_gram(_as_float64("gram", gram, (n, n)))
         dots64 = None if meta_dots is None else _as_float64("meta_dots", meta_dots, (n,))
+        plain64 = torch.ones(n, dtype=torch.float64) if plain is None else _as_float64("plain", plain, (n,))
         if not bool(torch.isfinite(gram64).all()):
             return self._skip("the Gram matrix is non-finite")
         present = torch.diagonal(gram64) > 0.0
@@ -309,9 +339,9 @@ class TaskScaler:
             return self._skip("a present task's loss is non-finite")
         if dots64 is not None and not bool(torch.isfinite(dots64).all()):
             return self._skip("meta_dots is non-finite")
-        self._update_ema(float(gram64.sum()))
+        self._update_ema(float(plain64 @ gram64 @ plain64))
         if update_due:
-            self._primal_dual_step(losses64, gram64, dots64, present)
+            self._primal_dual_step(losses64, gram64, dots64, present, plain64)
         return self.scales
 
     def _prepare_gram(self, gram: torch.Tensor) -> torch.Tensor:
@@ -336,12 +366,12 @@ class TaskScaler:
         return self.scales
 
     def _objective_grad(self, losses: torch.Tensor, gram: torch.Tensor, meta_dots: torch.Tensor | None,
-                        eps: float, present: torch.Tensor) -> torch.Tensor | None:
+                        eps: float, present: torch.Tensor, plain: torch.Tensor) -> torch.Tensor | None:
         """grad_alpha f on the present tasks (zero elsewhere); None when mean(L) <= 0."""
         n = self.num_tasks
         if self.config.objective == "lookahead":
-            dots = gram.sum(dim=1) if meta_dots is None else meta_dots
-            return -n * dots / eps
+            dots = gram @ plain if meta_dots is None else meta_dots
+            return -self._gain * dots / eps
         grad = torch.zeros(n, dtype=torch.float64)
         mean_loss = float(losses[present].mean())
         if not mean_loss > 0.0:
@@ -351,7 +381,7 @@ class TaskScaler:
         return grad
 
     def _primal_dual_step(self, losses: torch.Tensor, gram: torch.Tensor, meta_dots: torch.Tensor | None,
-                          present: torch.Tensor) -> None:
+                          present: torch.Tensor, plain: torch.Tensor) -> None:
         eps = self.eps
         if eps is None or not eps > 0.0:
             self._skip(f"eps = {eps!r} is not positive")
@@ -359,12 +389,11 @@ class TaskScaler:
         if not bool(present.any()):
             self._skip("no task has a nonzero gradient")
             return
-        grad_f = self._objective_grad(losses, gram, meta_dots, eps, present)
+        grad_f = self._objective_grad(losses, gram, meta_dots, eps, present, plain)
         if grad_f is None:
             self._skip("the mean loss of the present tasks is not positive")
             return
-        n = self.num_tasks
-        grad_c = 2.0 * n * (gram @ self.scales) / eps
+        grad_c = 2.0 * self._gain * (gram @ self.scales) / eps
         step_target = self._alpha - self.config.lr_alpha * (grad_f + self._lam * grad_c)
         # Absent tasks keep their alpha; present ones share the mass they hold.
         new_alpha = self._alpha.clone()

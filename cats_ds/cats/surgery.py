@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from cats_ds.cats.scaler import CATSConfig, project_floored_simplex
+from cats_ds.cats.scaler import CATSConfig
 
 SURGERY_METHODS = ("pcgrad", "mgda")
 

@@ -20,6 +20,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 
 from cats_ds import distributed, placement
+from cats_ds.cats.statistics import gram_and_dots
 
 
 class UnsupportedSetupError(ValueError):
@@ -175,12 +176,9 @@ class TaskGradientBuffers:
         for task, present in enumerate(self.present):
             if not present:
                 self.tasks[task].zero_()   # a task absent from this step has g_n = 0, not last step's
-        local = self.tasks.float()
-        gram = local @ local.T
-        parts = [gram.reshape(-1)]
-        if with_meta:
-            assert self.meta is not None, "capture_meta() was not called this step"
-            parts.append(local @ self.meta.float())
+        assert not with_meta or self.meta is not None, "capture_meta() was not called this step"
+        gram, dots = gram_and_dots(self.tasks.float(), self.meta.float() if with_meta else None)
+        parts = [gram.reshape(-1)] + ([dots] if with_meta else [])
         stats = distributed.all_reduce_sum(torch.cat(parts).double(), group=self.partition.dp_group).cpu()
         stats /= self.partition.loss_scale ** 2
         n = self.num_tasks

@@ -7,6 +7,9 @@ job runs both virtual ranks' micro-batches itself):
   plain   - cats.enabled=false
   ones    - CATS with lr_alpha = lr_lambda = 0 (scales stay 1)
   cats    - CATS lookahead with dev meta gradients, moving scales
+  realized - cats.parameterization=weights with the weights held at each step's realized
+            token shares pi (w = pi is plain training)
+  weights - cats.parameterization=weights, lookahead with dev meta gradients, moving weights
   pcgrad, mgda - the gradient-surgery baselines through the same buffers (``--surgery``)
 Rank 0 also computes the dense references: per-task gradients by separate backward passes
 over the whole global batch in float64 accounting, the same TaskScaler (or GradientSurgery)
@@ -26,20 +29,44 @@ import torch
 
 from cats_ds import distributed
 from cats_ds.cats import GradientSurgery, TaskScaler
-from cats_ds.cats.zero import TaskGradientBuffers
+from cats_ds.cats.hook import CATSHook
+from cats_ds.cats.statistics import gram_and_dots, mean_gradient_statistics, scales_from_weights
 from cats_ds.config import RunConfig
 from cats_ds.configio import from_dict
 from cats_ds.data.sampler import LanguageSyncSampler
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.loss import token_loss
 from cats_ds.model import build_hf_config, build_model
-from cats_ds.train import Run, build_cats, build_engine, train_step
+from cats_ds.train import Run, build_engine, train_step
 
 STEPS = 5
 VIRTUAL_WORLD = 2
 PAD, EOS, VOCAB = 1, 2, 40
 TASK_SIZES = (60, 24, 9)
 SURGERY = ("pcgrad", "mgda")
+WEIGHTS = ("realized", "weights")
+MODES = ("plain", "ones", "cats", *WEIGHTS)
+
+
+class RealizedShares:
+    """A stand-in scaler whose weights are always the step's realized token shares (plain training)."""
+
+    def __init__(self, config) -> None:
+        self.config, self.scales, self.lam = config, None, 0.0
+
+    def update_due(self) -> bool:
+        return False
+
+    def update(self, losses, gram, meta_dots=None, plain=None):
+        self.scales = plain.clone()
+        return self.scales
+
+    @property
+    def alpha(self):
+        return self.scales
+
+    def describe(self) -> dict:
+        return {}
 
 
 def synthetic_task(name: str, size: int, seed: int) -> TaskData:
@@ -78,7 +105,7 @@ def make_config(stage: int, mode: str, ds_config: str = "") -> RunConfig:
             "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
             "meta_tokens_per_task": 60, "cosine_every": 1,
             "lr_alpha": 0.0 if mode == "ones" else 0.2, "lr_lambda": 0.0 if mode == "ones" else 0.5,
-            "epsilon": 0.7}
+            "epsilon": 0.7, "parameterization": "weights" if mode in WEIGHTS else "scales"}
     return from_dict(RunConfig, {
         "model": {"preset": "tiny", "dropout": 0.0},
         "optim": {"lr": 3e-3, "warmup_steps": 2, "clip_norm": 0.0, "label_smoothing": 0.1},
@@ -102,7 +129,9 @@ def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = ""):
     config = make_config(stage, mode, ds_config)
     engine = build_engine(config, copy.deepcopy(model))
     sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
-    cats = build_cats(config, engine, valid)
+    cats = CATSHook.build(config, engine, valid, PAD, EOS, probabilities(train))
+    if mode == "realized":
+        cats.scaler = RealizedShares(config.cats)
     if cats is not None:
         cats.dev_sampler = VirtualRanks([t.lengths() for t in valid], np.full(len(valid), 1 / len(valid)),
                                         60 * len(valid), 30, seed=4)
@@ -135,20 +164,22 @@ def dense_reference(train, valid, model, mode: str = "cats") -> dict:
     if mode in SURGERY:
         scaler = GradientSurgery(config.cats, len(train), seed=config.train.seed)
     else:
-        scaler = TaskScaler(config.cats, num_tasks=len(train))
+        scaler = TaskScaler(config.cats, num_tasks=len(train),
+                            initial=probabilities(train) if mode in WEIGHTS else None)
     sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
     dev_sampler = VirtualRanks([t.lengths() for t in valid], np.full(len(valid), 1 / len(valid)),
                                60 * len(valid), 30, seed=4)
-    grams, trajectory = [], []
+    grams, trajectory, initial_alpha = [], [], scaler.alpha.tolist()
     for _ in range(STEPS):
         plans = sampler.global_plan()
         total = sum(float(t.tgt_lengths()[mb].sum()) for p in plans for w in p for mb in w.micro_batches
                     for t in [train[w.task]])
-        task_grads, losses = [], []
+        task_grads, losses, shares = [], [], []
         for n, task in enumerate(train):
-            grad, nll, tokens = task_gradient(model, task, [mb for p in plans for mb in p[n].micro_batches],
-                                              config.optim.label_smoothing, total)
+            micro = [mb for p in plans for mb in p[n].micro_batches]
+            grad, nll, tokens = task_gradient(model, task, micro, config.optim.label_smoothing, total)
             task_grads.append(grad)
+            shares.append(sum(float(task.tgt_lengths()[mb].sum()) for mb in micro) / total)
         dev_plans = dev_sampler.global_plan()
         h = torch.zeros_like(task_grads[0])
         for n, task in enumerate(valid):
@@ -158,9 +189,14 @@ def dense_reference(train, valid, model, mode: str = "cats") -> dict:
             h += grad
             losses.append(nll / tokens)
         g = torch.stack(task_grads)
-        gram = g @ g.T
+        gram, dots = gram_and_dots(g, h)
         grams.append(gram.tolist())
-        scales = scaler.update(torch.tensor(losses), gram, g @ h)
+        if mode in WEIGHTS:   # the scaler sees the mean gradients g_n / pi_n and returns weights
+            pi = torch.tensor(shares, dtype=torch.float64)
+            weights = scaler.update(torch.tensor(losses), *mean_gradient_statistics(gram, dots, pi), plain=pi)
+            scales = scales_from_weights(weights, pi)
+        else:
+            scales = scaler.update(torch.tensor(losses), gram, dots)
         trajectory.append({"alpha": scaler.alpha.tolist(), "lambda": float(scaler.lam)})
         combined = scales @ g
         offset = 0
@@ -170,7 +206,7 @@ def dense_reference(train, valid, model, mode: str = "cats") -> dict:
         optimizer.step()
         schedule.step()
     return {"params": torch.cat([p.detach().reshape(-1) for p in params]).tolist(), "grams": grams,
-            "trajectory": trajectory}
+            "trajectory": trajectory, "initial_alpha": initial_alpha}
 
 
 def task_gradient(model, task, micro_batches, label_smoothing, total_tokens):
@@ -193,21 +229,25 @@ def relative(a, b) -> float:
 
 
 def errors(results: dict) -> dict:
-    """Relative errors: scales fixed at 1 against plain, CATS against the dense reference."""
-    reference = results["reference"]
-    alpha = [t["alpha"] for t in reference["trajectory"]]
+    """Relative errors: scales fixed at 1 and weights at the realized shares against plain, CATS
+    (scales and weights) against its dense reference."""
+    alpha = [t["alpha"] for t in results["reference"]["trajectory"]]
 
-    def against_reference(run: dict) -> dict:
+    def against(run: dict, reference: dict) -> dict:
         return {"first_gram": relative(run["grams"][0], reference["grams"][0]),
                 "grams": relative(run["grams"], reference["grams"]),
                 "params": relative(run["params"], reference["params"]),
-                "alpha": relative([t["alpha"] for t in run["trajectory"]], alpha),
+                "alpha": relative([t["alpha"] for t in run["trajectory"]],
+                                  [t["alpha"] for t in reference["trajectory"]]),
                 "finite": bool(np.isfinite(run["params"]).all())}
     stages = {stage: {"ones_vs_plain": relative(runs["ones"]["params"], runs["plain"]["params"]),
+                      "realized_vs_plain": relative(runs["realized"]["params"], runs["plain"]["params"]),
                       "plain_moved": relative(runs["plain"]["params"], results["initial"]),
-                      "cats_vs_reference": against_reference(runs["cats"])}
+                      "cats_vs_reference": against(runs["cats"], results["reference"]),
+                      "weights_vs_reference": against(runs["weights"], results["weights_reference"])}
               for stage, runs in results["stages"].items()}
-    return {"stages": stages, "configs": {path: against_reference(run) for path, run in results["configs"].items()},
+    configs = {path: against(run, results["reference"]) for path, run in results["configs"].items()}
+    return {"stages": stages, "configs": configs,
             "reference_alpha_moved": float(np.abs(np.asarray(alpha[-1]) - 1 / len(alpha[-1])).max())}
 
 
@@ -230,13 +270,14 @@ def main() -> None:
     results = {"world_size": distributed.world_size(), "initial": initial, "stages": {}}
     for stage in stages:
         results["stages"][stage] = {mode: run_engine(stage, mode, train, valid, model)
-                                    for mode in ("plain", "ones", "cats")}
+                                    for mode in MODES}
     # other DeepSpeed JSONs (low precision: the Gram matrix must come out unscaled, fp16 divides by loss_scale**2)
     results["configs"] = {path: run_engine(2, "cats", train, valid, model, path) for path in args.configs}
     if args.surgery:
         results["surgery"] = {mode: run_engine(2, mode, train, valid, model) for mode in SURGERY}
     if distributed.rank() == 0:
         results["reference"] = dense_reference(train, valid, model)
+        results["weights_reference"] = dense_reference(train, valid, model, "weights")
         if args.surgery:
             results["surgery_reference"] = {mode: dense_reference(train, valid, model, mode) for mode in SURGERY}
         results["errors"] = errors(results)

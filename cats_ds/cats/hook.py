@@ -1,0 +1,178 @@
+"""CATS in the training loop: one component, called at three points of an optimizer step.
+
+    cats = CATSHook.build(config, engine, valid_tasks, pad_id, eos_id)   # None when cats.enabled is false
+    cats.begin_step()                 # before the first micro-step: the dev meta pass, when an update is due
+    cats.begin_window()               # before each task's window of micro-steps
+    cats.end_window(task)             # after it: the task's reduced gradient moves into its buffer
+    record, finite = cats.before_optimizer_step(train_loss, finite, step)   # before engine.step()
+
+Everything CATS adds to a step lives here: the partition buffers (cats_ds/cats/zero.py), the
+scaler (TaskScaler, or a gradient-surgery baseline), the dev sampler and meta pass, the
+statistics, the write-back of sum_n s_n g_n, the step's metrics record and the state a
+checkpoint keeps. A new parameterization or an extra meta pass is a change inside this class;
+the loop (cats_ds/train.py) only calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cats_ds import distributed, placement
+from cats_ds.cats.scaler import TaskScaler
+from cats_ds.cats.statistics import all_finite, mean_gradient_statistics, scales_from_weights
+from cats_ds.cats.surgery import GradientSurgery
+from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers
+from cats_ds.data.sampler import LanguageSyncSampler
+from cats_ds.data.tasks import TaskData, collate
+from cats_ds.loss import plan_tokens, token_loss
+
+BUFFER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CATSHook:
+    engine: object
+    scaler: TaskScaler | GradientSurgery
+    buffers: TaskGradientBuffers
+    dev_sampler: LanguageSyncSampler | None     # dev batches for meta losses / the meta gradient
+    valid_tasks: list[TaskData]
+    pad_id: int
+    eos_id: int
+    scales: torch.Tensor                         # float64 [N], applied this step
+    meta: dict | None = None                     # this step's dev meta pass, if one ran
+
+    @classmethod
+    def build(cls, config, engine, valid_tasks: list[TaskData], pad_id: int, eos_id: int,
+              sampling_probs: np.ndarray) -> CATSHook | None:
+        """The hook for a run config (cats_ds.config.RunConfig); None when CATS is off. Weights
+        (``cats.parameterization: weights``) start at the sampling distribution."""
+        if not config.cats.enabled:
+            return None
+        num_tasks = len(valid_tasks)
+        if config.cats.method == "cats":
+            weights = config.cats.parameterization == "weights"
+            scaler = TaskScaler(config.cats, num_tasks=num_tasks, initial=sampling_probs if weights else None)
+        else:
+            scaler = GradientSurgery(config.cats, num_tasks, seed=config.train.seed)
+        buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, BUFFER_DTYPES[config.cats.buffer_dtype])
+        dev_sampler = None
+        if config.cats.meta_source == "dev" and config.cats.method == "cats":
+            uniform = np.full(num_tasks, 1.0 / num_tasks)
+            dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
+                                              config.cats.meta_tokens_per_task * num_tasks,
+                                              config.sampling.max_tokens_per_micro, seed=config.train.seed + 1,
+                                              rank=distributed.rank(), world_size=distributed.world_size(),
+                                              sort_block=config.sampling.sort_block,
+                                              task_names=[t.name for t in valid_tasks])
+        return cls(engine, scaler, buffers, dev_sampler, valid_tasks, pad_id, eos_id,
+                   torch.ones(num_tasks, dtype=torch.float64))
+
+    # ------------------------------------------------------------------------------------------
+    # the three calls of a step
+
+    def begin_step(self) -> None:
+        """Runs the dev meta pass when this step updates the scales (before the training windows,
+        whose gradients it must not mix with)."""
+        due = self.scaler.update_due() and self.scaler.config.meta_source == "dev"
+        self.meta = self._meta_pass() if due else None
+
+    def begin_window(self) -> None:
+        self.buffers.begin_window()
+
+    def end_window(self, task: int) -> None:
+        self.buffers.end_window(task)
+
+    def before_optimizer_step(self, train_loss: np.ndarray, shares: torch.Tensor, finite: bool,
+                              step: int) -> tuple[dict, bool]:
+        """Gram matrix, scaler update, rescaled gradient written into the ZeRO partition.
+
+        ``shares``: the step's realized target-token share per task (pi). Returns the step's CATS
+        record and whether the statistics were finite; when they are not, the scaler is left
+        untouched and the step keeps its scales, or its weights (fp16: the partition is flagged,
+        so DeepSpeed's overflow check skips the step and lowers the loss scale)."""
+        meta = self.meta
+        with_gradient = meta is not None and meta["has_gradient"]
+        gram, dots = self.buffers.reduce_statistics(with_meta=with_gradient)
+        dots = dots if with_gradient else None
+        losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
+        weights = self.scaler.config.parameterization == "weights"
+        if weights:   # the scaler sees the per-task mean gradients gbar_n = g_n / pi_n
+            gram, dots = mean_gradient_statistics(gram, dots, shares)
+        finite = finite and all_finite(gram, losses, dots)
+        if finite:
+            self.scales = self.scaler.update(losses, gram, dots, **({"plain": shares} if weights else {}))
+        if weights:
+            self.scales = scales_from_weights(self.scaler.scales, shares)
+        self.buffers.write_combined(self.scales)
+        if not finite and self.engine.fp16_enabled():
+            self.buffers.flag_overflow()
+        return self._record(gram, dots, losses, step), finite
+
+    def _record(self, gram: torch.Tensor, dots: torch.Tensor | None, losses: torch.Tensor, step: int) -> dict:
+        """The step's CATS metrics; gram and dots as the scaler saw them (mean gradients for weights)."""
+        norms = gram.diagonal().clamp(min=0).sqrt()
+        record = {"parameterization": self.scaler.config.parameterization, "scales": self.scales.tolist(),
+                  "alpha": self.scaler.alpha.tolist(), "lambda": float(self.scaler.lam), "grad_norm": norms.tolist(),
+                  "meta_losses": losses.tolist(), **self.scaler.describe()}
+        if dots is not None:   # what drives the lookahead objective: the alignment <h, g_n> of each task
+            record["alignment"] = dots.tolist()
+        if step % self.scaler.config.cosine_every == 0:
+            record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
+        return record
+
+    def _meta_pass(self) -> dict:
+        """Dev-batch meta losses, and for ``lookahead`` the dev meta gradient h in the meta buffer.
+
+        h = sum_n grad of task n's mean token loss on its dev batch, so each task's loss is divided
+        by that task's own global dev target tokens.
+        """
+        engine, tasks = self.engine, self.valid_tasks
+        need_gradient = self.scaler.config.objective == "lookahead"
+        plan = self.dev_sampler.next_step()
+        tokens = plan_tokens(plan, tasks, len(tasks))[0].clamp(min=1)
+        world = distributed.world_size()
+        sums = placement.zeros(len(tasks))
+        engine.eval()  # no dropout in the held-out gradient
+        self.buffers.begin_window()
+        with torch.set_grad_enabled(need_gradient):
+            for index, window in enumerate(plan):
+                task = tasks[window.task]
+                for k, micro in enumerate(window.micro_batches):
+                    last = index == len(plan) - 1 and k == len(window.micro_batches) - 1
+                    loss = token_loss(engine, placement.to_device(collate(task, micro, self.pad_id)), 0.0,
+                                      self.pad_id, self.eos_id)
+                    if need_gradient:
+                        engine.set_gradient_accumulation_boundary(last)
+                        engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))
+                    sums[window.task] += loss.nll_sum
+        if need_gradient:
+            self.buffers.capture_meta()
+        engine.train()
+        losses = distributed.all_reduce_sum(sums).cpu() / tokens
+        return {"losses": losses.numpy(), "has_gradient": need_gradient}
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints and the run record
+
+    def state_dict(self) -> dict:
+        """What every rank saves alike (the per-rank dev sampler is in per_rank_state)."""
+        return {"cats": self.scaler.state_dict(), "cats_scales": self.scales.tolist()}
+
+    def per_rank_state(self) -> dict:
+        return {"dev_sampler": self.dev_sampler.state_dict()} if self.dev_sampler else {}
+
+    def load_state_dict(self, state: dict, own: dict, where) -> None:
+        """Restores ``state_dict()`` and this rank's ``per_rank_state()`` (``own``) saved in ``where``."""
+        if "cats" not in state:
+            raise ValueError(f"{where} was saved without CATS; resume it with cats.enabled=false")
+        self.scaler.load_state_dict(state["cats"])
+        self.scales = torch.tensor(state["cats_scales"], dtype=torch.float64)
+        if self.dev_sampler:
+            self.dev_sampler.load_state_dict(own["dev_sampler"])
+
+    def describe_start(self) -> dict:
+        """The scaler state training starts (or resumes) from, for the run record."""
+        return {"alpha": self.scaler.alpha.tolist(), **self.scaler.describe()}
