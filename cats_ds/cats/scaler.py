@@ -4,7 +4,7 @@ Pure torch, float64, CPU, deterministic: every data-parallel rank that feeds the
 same (all-reduced) inputs computes bit-identical scales. No DeepSpeed, no
 process group.
 
-Formulation (docs: /work/shared/DESIGN.md, "CATS as implemented here"), with
+Formulation (docs/design.md, "2. The scaler"), with
 N tasks, scales s = N * alpha and alpha on the floored simplex
 {sum alpha = 1, alpha_n >= alpha_min}:
 

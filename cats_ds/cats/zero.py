@@ -1,6 +1,6 @@
 """CATS inside DeepSpeed ZeRO: per-task gradients kept in each rank's own gradient partition.
 
-Data path (DESIGN.md, "Inside ZeRO"): every micro-step is language-synchronous, so when a
+Data path (docs/design.md, section 4): every micro-step is language-synchronous, so when a
 task's window ends on an accumulation boundary DeepSpeed has reduced exactly that task's
 gradient into this rank's partition. ``TaskGradientBuffers`` copies it into buffer n and the
 next window starts from a cleared partition. At the step boundary one GEMM gives this rank's
@@ -8,8 +8,8 @@ share of the Gram matrix, one all-reduce of N*N + N numbers completes it, and
 sum_n s_n * buffer_n is written back into the partition, so DeepSpeed's own step (overflow
 check, norm, clipping, optimizer, all-gather) runs on the rescaled gradient.
 
-The partition accessors rely on DeepSpeed 0.19.8 internals measured in
-shared/notes/deepspeed-zero-internals.md; requirements.txt pins that version. The buffers and
+The partition accessors rely on the DeepSpeed 0.19.8 internals listed in
+docs/design.md, section 7; requirements.txt pins that version. The buffers and
 the statistics stay on the training device (cats_ds.placement), next to the partition.
 """
 

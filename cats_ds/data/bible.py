@@ -65,6 +65,8 @@ core once the db is cached; downloading and extracting the wheel a few more.
 Licensing. BIBLE_IDS are the public-domain translations. RESTRICTED_BIBLE_IDS
 are copyrighted per the app itself (pt: license unclear); they are used only
 with allow_restricted=True, for local experiments, never for anything shipped.
+
+In brief, with the licence of every Bible: docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Plans which examples each data-parallel rank trains on, micro-step by micro-step.
 
-The plan makes CATS possible inside ZeRO (DESIGN.md, "Inside ZeRO", step 1):
+The plan makes CATS possible inside ZeRO (docs/design.md, section 4):
 in every micro-step all ranks run the same task, each on its own disjoint
 shard of that task's data, so that after the last micro-step of a task's
 window the reduced gradient in each rank's partition belongs to that task
@@ -16,8 +16,11 @@ an example is src_len + tgt_len:
   window has m_n = max(1, ceil(b_n / (W * max_tokens_per_micro)))
   micro-steps. m_n depends only on p, tokens_per_step and W, so it is the
   same on every rank: all ranks run the same task in every micro-step, and
-  every task appears in every step. A DeepSpeed engine must be configured with
-  gradient_accumulation_steps = sum(m_n) = ``micro_steps_per_step``.
+  every task appears in every step. The trainer (cats_ds/train.py) runs one
+  forward/backward per micro-step with DeepSpeed's gradient_accumulation_steps
+  set to 1 and marks the accumulation boundaries itself: on the last
+  micro-step of every window with CATS on, on the step's last micro-step
+  with CATS off.
 - Micro-batches. Each micro-step of task n takes the next examples of this
   rank's stream of task n while their summed cost stays within
   cap_n = b_n / (W * m_n) (``micro_token_caps``), and always at least one.
@@ -31,12 +34,15 @@ an example is src_len + tgt_len:
 - Resumption. Everything is determined by (seed, rank, W) and the data. The
   state is small: the step count and, per task, the epoch and the cursor in
   this rank's shard of it. ``load_state_dict`` recomputes only the current
-  epoch's shard of each task; nothing is replayed. Because the streams do not
-  depend on p, tokens_per_step or max_tokens_per_micro, a run may resume with
-  other values of those and still neither repeats nor skips an example.
+  epoch's shard of each task; nothing is replayed, and it refuses a state
+  saved for another seed, rank, W, sort_block or data. The trainer saves
+  every rank's state in each checkpoint and refuses to resume with other
+  ``sampling.*`` settings (its settings check). On another world size it
+  first converts the states with ``reshard_states``: no example is skipped,
+  and a bounded number may be seen twice.
 
-Distortion of the token shares, which ``realized_token_share`` (and the
-``tokens`` of each Window) let the trainer log:
+Distortion of the token shares (the trainer logs each step's realized
+target-token share per task, ``token_share``):
 
 - A micro-batch stops before the example that would cross cap_n, so each
   micro-step under-fills by less than one example: task n realizes between
@@ -137,7 +143,7 @@ class LanguageSyncSampler:
 
     @property
     def micro_steps_per_step(self) -> int:
-        """sum(m_n): the gradient_accumulation_steps a DeepSpeed engine needs."""
+        """sum(m_n): forward/backward passes per optimizer step on every rank."""
         return sum(self.micro_steps)
 
     def next_step(self) -> list[Window]:
