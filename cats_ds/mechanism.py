@@ -47,6 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cats_ds.cats import CATSConfig, GradientSurgery, TaskScaler
+from cats_ds.cats.statistics import gram_and_dots
 from cats_ds.curvature import hessian_vector_product, hutchinson_trace, top_eigenvalue
 from cats_ds.data.sampler import temperature_probs
 from cats_ds.rank_correlation import spearman
@@ -336,15 +337,13 @@ def step_scales(scaler: Scaler | None, grads: torch.Tensor, train_losses: torch.
     if scaler is None:
         return torch.ones(config.num_tasks, dtype=torch.float64)
     grads64 = grads.to(torch.float64)
-    gram = grads64 @ grads64.T
-    losses, meta_dots = train_losses, None
+    losses, meta_gradient = train_losses, None
     # GradientSurgery.update_due() is always False: it needs no meta pass.
     if scaler.update_due() and scaler.config.meta_source == "dev":
         lookahead = scaler.config.objective == "lookahead"
         losses, meta_gradient = dev_meta_statistics(model, problem, config.meta_batch_size, meta_generator,
                                                     need_gradient=lookahead)
-        if lookahead:
-            meta_dots = grads64 @ meta_gradient.to(torch.float64)
+    gram, meta_dots = gram_and_dots(grads64, None if meta_gradient is None else meta_gradient.to(torch.float64))
     return scaler.update(losses, gram, meta_dots)
 
 
