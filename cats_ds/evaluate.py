@@ -15,7 +15,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
 from cats_ds import distributed, placement
@@ -123,6 +122,7 @@ def bleu_tokenizer(lang: str, choice: str) -> str:
 
 def score(hypotheses: list[str], references: list[str], tgt_lang: str, tokenizer_choice: str = "auto") -> dict:
     """BLEU, chrF++, the share of distinct outputs and the BLEU of the most frequent output repeated."""
+    from sacrebleu.metrics import BLEU, CHRF   # here, so that reading a run config does not load sacreBLEU
     tokenize = bleu_tokenizer(tgt_lang, tokenizer_choice)
     bleu = BLEU(tokenize=tokenize)
     most_common = Counter(hypotheses).most_common(1)[0][0] if hypotheses else ""

@@ -50,3 +50,14 @@ def test_missing_and_non_mapping_files_name_the_file(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="list.yaml.*mapping"):
         load_config(listing)
+
+
+def test_reading_a_run_config_loads_neither_hf_datasets_nor_sacrebleu():
+    """The sweep and study tools read configs by the hundred: the core's config stays light."""
+    import subprocess
+    import sys
+    code = ("import sys; from cats_ds.config import load_config; load_config('cats_ds/configs/bible8_cpu.yaml'); "
+            "print(sorted({'datasets', 'sacrebleu'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=CONFIG_DIR.parents[1])
+    assert result.stdout.strip().splitlines()[-1] == "[]"
