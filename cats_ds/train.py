@@ -547,7 +547,10 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
     if config.train.export:
         export_dir = run_dir / "export"
         from cats_ds.export import export_model
-        export_model(run.engine, data.tokenizer_path, export_dir)
+        # evaluation's decoding limit is per batch (ratio x longest source); the export's is for the longest one
+        longest_source = config.data.max_len + 2
+        export_model(run.engine, data.tokenizer_path, export_dir, config.eval.beam,
+                     int(config.eval.max_len_ratio * longest_source) + 10)
     return results
 
 

@@ -111,3 +111,49 @@ def test_single_plain_process_without_launcher(workspace):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(read_metrics(root / "plain" / "metrics.jsonl", "train")) == 3
     assert "cats" not in read_metrics(root / "plain" / "metrics.jsonl", "train")[-1]
+
+
+def test_the_exported_tokenizer_encodes_as_cats_ds_does(trained):
+    from cats_ds.data.corpus import read_split
+    from cats_ds.data.tokenizer import Tokenizer, lang_tag
+    from transformers import AutoTokenizer
+    export = trained / "export"
+    ours, theirs = Tokenizer.load(export / "spm.model"), AutoTokenizer.from_pretrained(export)
+    texts = [text for bitext in read_split(trained.parent / "corpus", "test").values() for text in bitext.src]
+    texts += ["  two  spaces ", "bytes: 🙂 ✓", "été"]
+    for text in texts:
+        ids = theirs(lang_tag("en") + text)["input_ids"]
+        assert ids == ours.encode_source(text, "en"), text
+        assert theirs.decode(ids, skip_special_tokens=True) == ours.decode(ids), text
+
+
+TRANSFORMERS_ONLY = """
+import json, sys
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+export, sources = sys.argv[1], sys.argv[2:]
+tokenizer, model = AutoTokenizer.from_pretrained(export), AutoModelForSeq2SeqLM.from_pretrained(export)
+outputs = []
+for source in sources:   # one at a time, with cats-ds's per-batch length limit
+    batch = tokenizer(["<2en>" + source], return_tensors="pt")
+    limit = int(1.5 * batch["input_ids"].shape[1]) + 10
+    outputs += tokenizer.batch_decode(model.generate(**batch, max_new_tokens=limit), skip_special_tokens=True)
+print(json.dumps({"outputs": outputs, "cats_ds_imported": any(m.startswith("cats_ds") for m in sys.modules)}))
+"""
+
+
+def test_the_export_translates_with_transformers_alone_as_cats_ds_translate_does(trained, tmp_path):
+    export, sources = trained / "export", ["eht thgil edam", "noted retaw", "gnik eht", "esuoh doog"]
+    script = tmp_path / "translate_with_transformers.py"
+    script.write_text(TRANSFORMERS_ONLY)
+    # -I: the script's own directory and the environment's PYTHON* variables stay off the path
+    plain = subprocess.run([sys.executable, "-I", str(script), str(export), *sources], text=True,
+                           capture_output=True, cwd=tmp_path, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    result = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert not result["cats_ds_imported"]
+    ours = subprocess.run([sys.executable, "-m", "cats_ds.translate", str(export), "--tgt", "en", "--batch-size", "1"],
+                          input="\n".join(sources) + "\n", text=True, capture_output=True, cwd=REPO, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    assert result["outputs"] == ours.stdout.splitlines()
+    generation = json.loads((export / "generation_config.json").read_text())
+    assert generation["num_beams"] == 1 and generation["decoder_start_token_id"] == 2
