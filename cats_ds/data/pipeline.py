@@ -20,7 +20,7 @@ from cats_ds.data import bible
 from cats_ds.data.corpus import Bitext, Direction, read_split
 from cats_ds.data.hub import HubSpec, export_hub_corpus
 from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, save_tasks
-from cats_ds.data.tokenizer import Tokenizer, train_or_load
+from cats_ds.data.tokenizer import Tokenizer, TokenizerError, train_or_load
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,14 @@ def prepare(config: DataConfig, progress: bool = True) -> PreparedData:
     test_text = read_split(corpus_dir, "test", list(train_text))
     languages = sorted({lang for d in train_text for lang in (d.src, d.tgt)})
     tokenizer_path = root / "spm.model"
-    tokenizer = train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
-                              vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
-                              max_sentences=config.tokenizer_sentences, seed=config.seed)
+    try:
+        tokenizer = train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
+                                  vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
+                                  max_sentences=config.tokenizer_sentences, seed=config.seed)
+    except TokenizerError as error:
+        advice = f"; set data.vocab_size <= {error.max_vocab_size}" if error.max_vocab_size else ""
+        raise TokenizerError(f"training the tokenizer on the corpus {corpus_dir} with data.vocab_size="
+                             f"{config.vocab_size}: {error}{advice}", error.max_vocab_size) from None
     task_of = config.task_map or group_directions([d.name for d in train_text], config.tasks)
     fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
     train = _cached_tasks(root / "train_tasks.npz", train_text, tokenizer, task_of, config.max_len, fingerprint)

@@ -37,6 +37,15 @@ _TAG_PATTERN = re.compile(r"^<2(\S+)>$")
 _LANGUAGE_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _SIDECAR_FORMAT = 1
 _NUM_THREADS = 2  # the target machines are small; more threads only contend
+_VOCABULARY_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+class TokenizerError(ValueError):
+    """sentencepiece could not train; ``max_vocab_size`` is set when the vocabulary asked for is too large."""
+
+    def __init__(self, message: str, max_vocab_size: int | None = None) -> None:
+        super().__init__(message)
+        self.max_vocab_size = max_vocab_size
 
 
 def lang_tag(lang: str) -> str:
@@ -87,10 +96,10 @@ class Tokenizer:
         sentences = sample_training_sentences(texts_by_lang, temperature, max_sentences, seed)
         model = io.BytesIO()
         spm.set_random_generator_seed(seed)
-        spm.SentencePieceTrainer.train(
+        _train_sentencepiece(
+            sentences, vocab_size,
             sentence_iterator=iter(sentences),
             model_writer=model,
-            vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=0.9995,
             byte_fallback=True,
@@ -193,6 +202,20 @@ def sample_training_sentences(
         texts = texts_by_lang[lang]
         sample.extend(texts[int(i)] for i in _cyclic_permutation(rng, len(texts), int(count)))
     return sample
+
+
+def _train_sentencepiece(sentences: Sequence[str], vocab_size: int, **options) -> None:
+    """SentencePieceTrainer.train, its errors (raw C++ assertions) rephrased as TokenizerError."""
+    try:
+        spm.SentencePieceTrainer.train(vocab_size=vocab_size, **options)
+    except RuntimeError as error:
+        too_high = _VOCABULARY_TOO_HIGH.search(str(error))
+        if too_high:
+            limit = int(too_high[2])
+            raise TokenizerError(f"a tokenizer of {vocab_size} pieces was asked for, but the {len(sentences)} "
+                                 f"training sentences support at most {limit}", limit) from None
+        raise TokenizerError(f"sentencepiece could not train a {vocab_size}-piece tokenizer on "
+                             f"{len(sentences)} sentences: {error}") from None
 
 
 def train_or_load(
