@@ -35,7 +35,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from cats_ds import checkpoint, distributed, faults
+from cats_ds import checkpoint, distributed, faults, rundir
 from cats_ds.cats import GradientSurgery, TaskScaler
 from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers, discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
@@ -470,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, args.overrides)
     distributed.init()
     try:
-        return train(config)
+        with rundir.owned(config.train.run_dir):
+            return train(config)
     finally:
         distributed.shutdown()
 
