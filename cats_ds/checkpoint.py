@@ -5,6 +5,7 @@ Layout of ``RUN_DIR/checkpoints``::
     step00000500/            one complete checkpoint: DeepSpeed's files and manifest.json
     step00000500.partial/    a save in progress (or one a crash interrupted): never loaded
     step00000500.universal/  made from step00000500 when a run resumes at another world size
+    step00000500.corrupt/    one that failed verification when a run resumed: set aside, never loaded
     latest                   names the newest complete checkpoint
     best                     names the best one by eval.best_metric
 
@@ -13,7 +14,8 @@ A save is a commit: every rank writes into ``TAG.partial``; rank 0 then writes t
 ``latest`` (write to a temporary file, fsync, rename). A crash at any point therefore leaves
 the previous checkpoint complete and named by ``latest``. Resume verifies the manifest; a
 checkpoint with a missing, truncated or altered file is reported and skipped in favour of the
-newest older one that verifies. Rank 0 reads every rank's files, so multi-node runs need a
+newest older one that verifies, and set aside (renamed ``TAG.corrupt``) so that reaching its
+step again writes fresh state. Rank 0 reads every rank's files, so multi-node runs need a
 shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
@@ -24,6 +26,7 @@ state and the settings the run's trajectory depends on.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -41,7 +44,7 @@ from cats_ds import distributed, faults
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PARTIAL, UNIVERSAL = ".partial", ".universal"
+PARTIAL, UNIVERSAL, CORRUPT = ".partial", ".universal", ".corrupt"
 LATEST, BEST = "latest", "best"
 # ds_to_universal refuses checkpoints without this client-state key; a plain data-parallel
 # model needs no tensor- or pipeline-parallel patterns in it
@@ -194,14 +197,18 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
     if latest and directory / latest in candidates:     # latest first; it is the newest in normal runs
         candidates.remove(directory / latest)
         candidates.insert(0, directory / latest)
+    unusable = []
     for checkpoint in candidates:
         try:
             manifest = verify(checkpoint)
         except ValueError as err:
             log.error("checkpoint not usable, trying an older one: %s", err)
+            unusable.append(checkpoint)
             continue
         if checkpoint.name != latest:
             log.warning("resuming from %s although latest names %s", checkpoint.name, latest)
+        for damaged in unusable:
+            _set_aside(damaged)
         saved = int(manifest["world_size"])
         if saved == distributed.world_size():
             return ResumePoint(checkpoint.name, saved)
@@ -210,6 +217,19 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
         raise RuntimeError(f"{directory}: no checkpoint verifies (see the errors above); move the directory "
                            "away to start from scratch")
     return None
+
+
+def _set_aside(checkpoint: Path) -> None:
+    """Renames a checkpoint that failed verification to ``TAG.corrupt`` (``.corrupt2``, ... when
+    that exists), so that reaching its step again writes fresh state; kept for inspection, never
+    loaded or pruned. Only done once an older checkpoint verifies: with none, the run stops
+    instead of starting from scratch."""
+    names = (checkpoint.with_name(f"{checkpoint.name}{CORRUPT}{n if n > 1 else ''}") for n in itertools.count(1))
+    target = next(name for name in names if not name.exists())
+    checkpoint.rename(target)
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + UNIVERSAL), ignore_errors=True)  # made from it
+    log.error("%s set aside as %s: it is never loaded, and its step is saved afresh when training reaches it",
+              checkpoint, target.name)
 
 
 def _universal_copy(checkpoint: Path) -> Path:
@@ -258,7 +278,7 @@ def prune(directory: Path, keep_last: int) -> None:
         complete = [p for p in step_checkpoints(directory) if _is_complete(p)]
         keep.update(p.name for p in complete[:keep_last])
         for path in directory.glob("step*"):
-            if path.is_dir() and path.name.split(".")[0] not in keep:
+            if path.is_dir() and path.name.split(".")[0] not in keep and CORRUPT not in path.name:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed checkpoint %s", path.name)
     distributed.barrier()

@@ -85,7 +85,22 @@ def test_a_damaged_checkpoint_is_reported_and_resume_falls_back(engine, tmp_path
         checkpoint.verify(tmp_path / tag)
     with caplog.at_level(logging.ERROR, logger="cats_ds.checkpoint"):
         assert loaded_step(engine, tmp_path) == 1
-    assert tag in caplog.text
+    assert tag in caplog.text and f"set aside as {tag}.corrupt" in caplog.text
+    # reaching step 2 again writes fresh state instead of re-pointing latest at the damaged one
+    assert train_and_save(engine, tmp_path, 2) == tag
+    assert checkpoint.verify(tmp_path / tag)["step"] == 2 and loaded_step(engine, tmp_path) == 2
+    assert (tmp_path / f"{tag}.corrupt").is_dir()
+    checkpoint.prune(tmp_path, keep_last=1)     # kept for inspection, never loaded
+    assert (tmp_path / f"{tag}.corrupt").is_dir() and not (tmp_path / "step00000001").exists()
+
+
+def test_a_checkpoint_damaged_twice_is_set_aside_twice(engine, tmp_path):
+    train_and_save(engine, tmp_path, 1)
+    for attempt in range(2):
+        tag = train_and_save(engine, tmp_path, 2)
+        (tmp_path / tag / checkpoint.MANIFEST).write_text("{not json")
+        assert loaded_step(engine, tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.glob("step00000002*")) == ["step00000002.corrupt", "step00000002.corrupt2"]
 
 
 def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(engine, tmp_path):
