@@ -515,7 +515,7 @@ def train(config: RunConfig) -> dict:
         log.info("resumed from %s at step %d (saved by %d ranks)", checkpoints / resume.tag, run.step,
                  resume.saved_world_size)
 
-    writer = MetricsWriter(run_dir, rank == 0)
+    writer = MetricsWriter(run_dir, rank == 0, start_step=run.step)
     record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,
               "parameters": count_parameters(model), "world_size": distributed.world_size(),
               "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None}

@@ -101,6 +101,10 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_result(workspace, uninterrup
         assert (checkpoints / "step00000008.partial").is_dir()      # the interrupted save, never loaded
     launch(workspace, name)
     assert_same_state(run_dir, uninterrupted)
+    # each step recorded once; the crashed attempt's records after the checkpoint kept aside
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")] == list(range(1, STEPS + 1))
+    lost = {r["step"] for r in read_metrics(run_dir / "metrics.lost.jsonl", "train")}
+    assert 5 in lost and lost <= set(range(5, 9))
 
 
 @pytest.mark.parametrize("fault, resume", [("sigterm:step:5:rank=0", False), ("sigusr1:step:5:rank=1", True)])
