@@ -25,6 +25,8 @@ state and the settings the run's trajectory depends on.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -33,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTIAL, UNIVERSAL, CORRUPT = ".partial", ".universal", ".corrupt"
+_FULL_BELOW = 16 << 20   # bytes free after a failed write that mean the file system is full
 LATEST, BEST = "latest", "best"
 # ds_to_universal refuses checkpoints without this client-state key; a plain data-parallel
 # model needs no tensor- or pipeline-parallel patterns in it
@@ -87,15 +91,34 @@ def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> st
     distributed.barrier()
     per_rank = distributed.all_gather_objects({"rng": torch.get_rng_state(), **client_state.pop("per_rank")})
     state = {**client_state, "per_rank": per_rank, "world_size": distributed.world_size(), **_UNIVERSAL_INFO}
-    engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
+    with _space_explained(partial, step):
+        engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
     faults.inject("save", step)
     distributed.barrier()
     if distributed.rank() == 0:
-        _write_manifest(partial, tag, step)
+        with _space_explained(partial, step):
+            _write_manifest(partial, tag, step)
         partial.rename(directory / tag)
         _atomic_write(directory / LATEST, tag + "\n")
     distributed.barrier()
     return tag
+
+
+@contextlib.contextmanager
+def _space_explained(partial: Path, step: int) -> Iterator[None]:
+    """Turns a write that failed for lack of space into an error that says so and names the path:
+    torch reports a full disk only as "unexpected pos 128 vs 0", without the errno. The file
+    system counts as full when the failure left less than _FULL_BELOW bytes free."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        usage = shutil.disk_usage(partial.parent)
+        if getattr(err, "errno", None) != errno.ENOSPC and usage.free >= _FULL_BELOW:
+            raise
+        raise OSError(errno.ENOSPC, f"saving step {step} into {partial} failed: no space left on its file system "
+                                    f"({usage.free:,} of {usage.total:,} bytes free; the write said: {err}); free "
+                                    "some space and run the same command again: it resumes from the latest "
+                                    "complete checkpoint") from err
 
 
 def mark_best(directory: Path, tag: str) -> None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import deepspeed
 import pytest
 import torch
 
 from cats_ds import checkpoint, distributed, faults
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +137,27 @@ def test_retention_keeps_the_last_k_and_the_best(engine, tmp_path):
         checkpoint.prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("step*")) == ["step00000002", "step00000004", "step00000005"]
     assert checkpoint.best_tag(tmp_path) == "step00000002"
+
+
+def _small_file_system_command() -> list[str] | None:
+    """``unshare`` into a mount namespace that mounts a 1 MiB tmpfs at $0 and runs the rest; None where
+    neither user namespaces nor root allow it."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    command = [unshare, "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"']
+    probe = subprocess.run(command + [tempfile.mkdtemp(), "true"], capture_output=True)
+    return command if probe.returncode == 0 else None
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_the_lack_of_space(tmp_path):
+    command = _small_file_system_command()
+    if command is None:
+        pytest.skip("needs a small file system: unshare -rm (user namespaces) or root to mount a tmpfs")
+    result = subprocess.run(command + [str(tmp_path), sys.executable, str(REPO / "tests/dist/full_disk.py"),
+                                       str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode != 0
+    assert re.search(rf"saving step 3 into {re.escape(str(tmp_path))}/checkpoints/step00000003\.partial failed: "
+                     r"no space left", result.stderr), result.stderr[-3000:]
