@@ -188,6 +188,17 @@ def verify(checkpoint: Path) -> dict[str, Any]:
     return manifest
 
 
+def why_unusable(checkpoint: Path) -> str | None:
+    """None when ``checkpoint`` verifies, else why not; rank 0 checks, every rank gets the answer."""
+    problem = None
+    if distributed.rank() == 0:
+        try:
+            verify(checkpoint)
+        except ValueError as err:
+            problem = str(err)
+    return distributed.broadcast_object(problem)
+
+
 def _is_complete(checkpoint: Path) -> bool:
     return (checkpoint / MANIFEST).is_file()
 

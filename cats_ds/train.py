@@ -629,20 +629,14 @@ def _stop_requested(started: float, budget_minutes: float, signals: StopSignals)
 def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Path, stopped_early: bool) -> dict:
     """Last checkpoint, final dev evaluation, test BLEU table, results files, export."""
     config = run.config
-    checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
+    last_tag = checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
     checkpoint.prune(checkpoints, config.train.keep_last)
-    final_dev = evaluate_dev(run, data)
-    if config.eval.every_steps and run.best and config.train.keep_best:
-        _update_best(run, final_dev)
-        if run.best["step"] != run.step:
-            log.info("evaluating the best checkpoint (step %d by %s)", run.best["step"], run.best["metric"])
-            checkpoint.load(run.engine, checkpoints, checkpoint.step_tag(run.best["step"]), load_optimizer=False)
-            final_dev = evaluate_dev(run, data)
+    evaluated, dev = _evaluated_checkpoint(run, data, checkpoints, last_tag)
     with evaluation_mode(run.engine):
         scores, hypotheses = evaluate_bleu(run.engine.module, data.tokenizer, data.test, config.eval,
                                            synced=_zero3(run.engine), limit=config.eval.test_sentences)
     low_dirs = data.low_resource_directions
-    results = {"step": run.step, "stopped_early": stopped_early, "dev": final_dev, "test": scores,
+    results = {"step": run.step, "checkpoint": evaluated, "stopped_early": stopped_early, "dev": dev, "test": scores,
                **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
                "cats": config.cats.enabled}
     if distributed.rank() == 0:
@@ -654,9 +648,32 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
     return results
 
 
+def _evaluated_checkpoint(run: Run, data: pipeline.PreparedData, checkpoints: Path, last_tag: str) -> tuple[dict, dict]:
+    """The checkpoint the results describe ({"tag", "step"}) and its dev record: with evaluations
+    during training and train.keep_best, the best by eval.best_metric, the final evaluation
+    included (``best`` moves to the last checkpoint when it wins); else the last one. The best
+    one is verified first; one that does not verify is reported and the last one evaluated."""
+    last, dev = {"tag": last_tag, "step": run.step}, evaluate_dev(run, data)
+    if not (run.config.eval.every_steps and run.best and run.config.train.keep_best):
+        return last, dev
+    if _update_best(run, dev):
+        checkpoint.mark_best(checkpoints, last_tag)
+        return last, dev
+    best = {"tag": checkpoint.step_tag(run.best["step"]), "step": run.best["step"]}
+    problem = checkpoint.why_unusable(checkpoints / best["tag"])
+    if problem:
+        log.error("not evaluating the best checkpoint: %s; the results describe the last one, %s", problem, last_tag)
+        return last, dev
+    log.info("evaluating the best checkpoint %s (by %s)", best["tag"], run.best["metric"])
+    checkpoint.load(run.engine, checkpoints, best["tag"], load_optimizer=False)
+    return best, evaluate_dev(run, data)
+
+
 def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set[str]) -> None:
     table = results_table(results["test"], low_dirs)
-    text = f"# Results at step {results['step']}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
+    evaluated = results["checkpoint"]
+    title = f"Results of checkpoint {evaluated['tag']} (step {evaluated['step']}; training ran to step {results['step']})"
+    text = f"# {title}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(text)
     (run_dir / "hypotheses").mkdir(exist_ok=True)
