@@ -308,7 +308,7 @@ def prepare_data(config: RunConfig) -> pipeline.PreparedData:
     """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache."""
     if distributed.local_rank() != 0:
         distributed.barrier()
-    data = pipeline.prepare(config.data)
+    data = pipeline.prepare(config.data, threads=torch.get_num_threads())
     if distributed.local_rank() == 0:
         distributed.barrier()
     return data
@@ -518,7 +518,8 @@ def train(config: RunConfig) -> dict:
     writer = MetricsWriter(run_dir, rank == 0, start_step=run.step)
     record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,
               "parameters": count_parameters(model), "world_size": distributed.world_size(),
-              "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None}
+              "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None,
+              "data": data.accounting}
     if run.cats:   # the TaskScaler state training starts (or resumes) from
         record["cats_state"] = {"alpha": run.cats.scaler.alpha.tolist(), **run.cats.scaler.describe()}
     writer.write("run", run.step, record)

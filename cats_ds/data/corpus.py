@@ -94,6 +94,7 @@ class Bitext:
     src: list[str]
     tgt: list[str]
     origin: str  # the file(s) it came from, for messages
+    dropped_empty: int = 0  # pairs dropped while reading for being empty on a side
 
     def __post_init__(self) -> None:
         if len(self.src) != len(self.tgt):
@@ -215,7 +216,7 @@ def _read_direction(direction: Direction, files: _DirectionFiles) -> Bitext:
         )
     if not src:
         raise CorpusError(f"{origin}: no non-empty sentence pairs for {direction.name}")
-    return Bitext(direction, src, tgt, origin)
+    return Bitext(direction, src, tgt, origin, dropped_empty=len(dropped))
 
 
 def _decode(raw: bytes, path: Path, lineno: int) -> str:

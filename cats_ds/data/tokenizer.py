@@ -36,7 +36,7 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 _TAG_PATTERN = re.compile(r"^<2(\S+)>$")
 _LANGUAGE_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _SIDECAR_FORMAT = 1
-_NUM_THREADS = 2  # the target machines are small; more threads only contend
+DEFAULT_THREADS = 2  # sentencepiece threads where the caller gives none: the target machines are small
 _VOCABULARY_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -66,9 +66,10 @@ class Tokenizer:
     eos_id = EOS_ID
     unk_id = UNK_ID
 
-    def __init__(self, processor: spm.SentencePieceProcessor, source: str) -> None:
+    def __init__(self, processor: spm.SentencePieceProcessor, source: str, threads: int = DEFAULT_THREADS) -> None:
         self._sp = processor
         self._source = source
+        self.threads = threads   # sentencepiece threads for batch encoding
         self._tag_ids = _read_tag_ids(processor)
         self._skipped_ids = frozenset(self._tag_ids.values()) | {PAD_ID, BOS_ID}
         _check_special_ids(processor, source)
@@ -84,8 +85,9 @@ class Tokenizer:
         max_sentences: int = 300_000,
         seed: int = 1,
         model_type: str = "unigram",
+        threads: int = DEFAULT_THREADS,
     ) -> Tokenizer:
-        """Train on a temperature-weighted sample of ``texts_by_lang``.
+        """Train on a temperature-weighted sample of ``texts_by_lang``, with ``threads`` threads.
 
         Writes ``model_path`` and, next to it, the sidecar json that
         :func:`train_or_load` checks before reusing the model.
@@ -108,7 +110,7 @@ class Tokenizer:
             pad_id=PAD_ID,
             eos_id=EOS_ID,
             unk_id=UNK_ID,
-            num_threads=_NUM_THREADS,
+            num_threads=threads,
             minloglevel=2,
         )
         # the sidecar first: a run interrupted in between leaves no model, so the next one retrains
@@ -116,16 +118,16 @@ class Tokenizer:
         _write_atomically(Path(model_path), model.getvalue())
         logger.info("trained a %d-piece %s tokenizer on %d sentences -> %s",
                     vocab_size, model_type, len(sentences), model_path)
-        return cls.load(model_path)
+        return cls.load(model_path, threads)
 
     @classmethod
-    def load(cls, model_path: Path) -> Tokenizer:
+    def load(cls, model_path: Path, threads: int = DEFAULT_THREADS) -> Tokenizer:
         """Load a model written by :meth:`train`."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
         processor = spm.SentencePieceProcessor(model_file=str(model_path))
-        return cls(processor, str(model_path))
+        return cls(processor, str(model_path), threads)
 
     @property
     def vocab_size(self) -> int:
@@ -163,7 +165,7 @@ class Tokenizer:
 
     def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode_target` for many texts at once."""
-        return self._sp.encode(list(texts), out_type=int, add_eos=True, num_threads=_NUM_THREADS)
+        return self._sp.encode(list(texts), out_type=int, add_eos=True, num_threads=self.threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` up to the first eos, without pad, bos and language tags."""
@@ -227,6 +229,7 @@ def train_or_load(
     max_sentences: int = 300_000,
     seed: int = 1,
     model_type: str = "unigram",
+    threads: int = DEFAULT_THREADS,
 ) -> Tokenizer:
     """Load ``model_path`` if it was trained with exactly these settings and data, else train it.
 
@@ -239,10 +242,10 @@ def train_or_load(
         _check_cached_record(model_path, _training_record(texts_by_lang, languages, vocab_size, temperature,
                                                           max_sentences, seed, model_type))
         logger.info("reusing tokenizer %s", model_path)
-        return Tokenizer.load(model_path)
+        return Tokenizer.load(model_path, threads)
     return Tokenizer.train(texts_by_lang, languages, model_path, vocab_size=vocab_size,
                            temperature=temperature, max_sentences=max_sentences,
-                           seed=seed, model_type=model_type)
+                           seed=seed, model_type=model_type, threads=threads)
 
 
 def _cyclic_permutation(rng: np.random.Generator, size: int, count: int) -> Iterator[int]:
