@@ -637,8 +637,8 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
         scores, hypotheses = evaluate_bleu(run.engine.module, data.tokenizer, data.test, config.eval,
                                            synced=_zero3(run.engine), limit=config.eval.test_sentences)
     low_dirs = data.low_resource_directions
-    results = {"step": run.step, "checkpoint": evaluated, "stopped_early": stopped_early, "dev": dev, "test": scores,
-               **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
+    results = {"step": run.step, "checkpoint": evaluated, "stopped_early": stopped_early, "dev": dev,
+               "test": scores, **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
                "cats": config.cats.enabled}
     if distributed.rank() == 0:
         _write_results(run_dir, results, hypotheses, low_dirs)
@@ -673,7 +673,8 @@ def _evaluated_checkpoint(run: Run, data: pipeline.PreparedData, checkpoints: Pa
 def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set[str]) -> None:
     table = results_table(results["test"], low_dirs)
     evaluated = results["checkpoint"]
-    title = f"Results of checkpoint {evaluated['tag']} (step {evaluated['step']}; training ran to step {results['step']})"
+    title = (f"Results of checkpoint {evaluated['tag']} (step {evaluated['step']}; "
+             f"training ran to step {results['step']})")
     text = f"# {title}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(text)

@@ -188,7 +188,8 @@ def test_results_name_the_checkpoint_they_describe_and_best_follows_every_improv
     checkpoints, results = run_dir / "checkpoints", json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 6 and results["checkpoint"] == {"tag": "step00000002", "step": 2}
     assert (checkpoints / "best").read_text().strip() == "step00000002" == evaluated_tag(run_dir)
-    assert "# Results of checkpoint step00000002 (step 2; training ran to step 6)" in (run_dir / "results.md").read_text()
+    title = "# Results of checkpoint step00000002 (step 2; training ran to step 6)"
+    assert title in (run_dir / "results.md").read_text()
     step2_dev = read_metrics(run_dir / "metrics.jsonl", "eval")[0]
     assert step2_dev["step"] == 2 and results["dev"]["dev_loss"] == step2_dev["dev_loss"]
 

@@ -15,7 +15,8 @@ from cats_ds.rundir import RunDirectoryBusy, hold
 from conftest import REPO
 from corpus_fixture import write_config, write_corpus
 
-HOLDER = "import sys, time; from cats_ds.rundir import hold; lock = hold(sys.argv[1]); print('held', flush=True); time.sleep(600)"
+HOLDER = ("import sys, time; from cats_ds.rundir import hold; lock = hold(sys.argv[1]); print('held', flush=True); "
+          "time.sleep(600)")
 
 
 @pytest.fixture

@@ -69,7 +69,8 @@ def test_every_step_logs_per_task_losses_and_cats_state(trained):
     run = read_metrics(trained / "metrics.jsonl", "run")[0]
     assert run["tasks"] == ["de-en", "es-en", "fr-en"] and run["world_size"] == 2
     # every pair of the corpus accounted for (corpus_fixture: 300/300/50 train, 20 valid and test)
-    for split, sizes in (("train", {"de-en": 300, "es-en": 50, "fr-en": 300}), ("test", dict.fromkeys(run["tasks"], 20))):
+    train_sizes, test_sizes = {"de-en": 300, "es-en": 50, "fr-en": 300}, dict.fromkeys(run["tasks"], 20)
+    for split, sizes in (("train", train_sizes), ("test", test_sizes)):
         for task, size in sizes.items():
             counts = run["data"][split][task]
             assert counts["read"] == size and counts["kept"] + sum(counts["dropped"].values()) == size
