@@ -45,11 +45,13 @@ class MetricsWriter:
 
 def _rewind(path: Path, lost_path: Path, start_step: int) -> None:
     """Moves the records of steps after ``start_step`` from ``path`` to the end of ``lost_path``
-    (each marked with the step it was rewound to); the rewrite is atomic."""
+    (each marked with the step it was rewound to), and a last line a crash cut short (kept as
+    ``{"kind": "torn", "text": ...}``); the rewrite is atomic."""
     if not path.is_file():
         return
-    records = read_metrics(path)
-    lost = [record for record in records if record["step"] > start_step]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, torn = _parse_records(path, lines)
+    lost = [record for record in records if record["step"] > start_step] + torn
     if not lost:
         return
     with open(lost_path, "a", encoding="utf-8") as handle:
@@ -58,6 +60,19 @@ def _rewind(path: Path, lost_path: Path, start_step: int) -> None:
     temporary.write_text("".join(json.dumps(record) + "\n" for record in records if record["step"] <= start_step),
                          encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _parse_records(path: Path, lines: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The records of ``lines``, and the last line as a torn record where it is not valid JSON."""
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}: record {number} is not JSON ({err})") from None
+            return records, [{"kind": "torn", "text": line}]
+    return records, []
 
 
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -41,3 +41,13 @@ def test_a_clean_resume_loses_nothing(tmp_path):
     write_attempt(tmp_path, 4, 6)
     assert (tmp_path / "metrics.jsonl").read_text().startswith(before)
     assert not (tmp_path / LOST_NAME).exists()
+
+
+def test_a_record_cut_short_by_a_crash_is_kept_aside_not_fatal(tmp_path):
+    write_attempt(tmp_path, 0, 3)
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"kind": "train", "step": 4, "lo')       # the disk filled, or the process died, mid-line
+    write_attempt(tmp_path, 2, 4)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl", "train")] == [1, 2, 3, 4]
+    lost = read_metrics(tmp_path / LOST_NAME)
+    assert lost[-1] == {"kind": "torn", "text": '{"kind": "train", "step": 4, "lo', "rewound_to": 2}
