@@ -5,6 +5,7 @@ Layout of ``RUN_DIR/checkpoints``::
     step00000500/            one complete checkpoint: DeepSpeed's files and manifest.json
     step00000500.partial/    a save in progress (or one a crash interrupted): never loaded
     step00000500.universal/  made from step00000500 when a run resumes at another world size
+    step00000500.corrupt/    one that failed verification when a run resumed: set aside, never loaded
     latest                   names the newest complete checkpoint
     best                     names the best one by eval.best_metric
 
@@ -13,7 +14,8 @@ A save is a commit: every rank writes into ``TAG.partial``; rank 0 then writes t
 ``latest`` (write to a temporary file, fsync, rename). A crash at any point therefore leaves
 the previous checkpoint complete and named by ``latest``. Resume verifies the manifest; a
 checkpoint with a missing, truncated or altered file is reported and skipped in favour of the
-newest older one that verifies. Rank 0 reads every rank's files, so multi-node runs need a
+newest older one that verifies, and set aside (renamed ``TAG.corrupt``) so that reaching its
+step again writes fresh state. Rank 0 reads every rank's files, so multi-node runs need a
 shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
@@ -23,13 +25,17 @@ state and the settings the run's trajectory depends on.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,8 @@ from cats_ds import distributed, faults, placement
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PARTIAL, UNIVERSAL = ".partial", ".universal"
+PARTIAL, UNIVERSAL, CORRUPT = ".partial", ".universal", ".corrupt"
+_FULL_BELOW = 16 << 20   # bytes free after a failed write that mean the file system is full
 LATEST, BEST = "latest", "best"
 # ds_to_universal refuses checkpoints without this client-state key; a plain data-parallel
 # model needs no tensor- or pipeline-parallel patterns in it
@@ -83,15 +90,34 @@ def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> st
     distributed.barrier()
     per_rank = distributed.all_gather_objects({"rng": placement.rng_state(), **client_state.pop("per_rank")})
     state = {**client_state, "per_rank": per_rank, "world_size": distributed.world_size(), **_UNIVERSAL_INFO}
-    engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
+    with _space_explained(partial, step):
+        engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
     faults.inject("save", step)
     distributed.barrier()
     if distributed.rank() == 0:
-        _write_manifest(partial, tag, step)
+        with _space_explained(partial, step):
+            _write_manifest(partial, tag, step)
         partial.rename(directory / tag)
         _atomic_write(directory / LATEST, tag + "\n")
     distributed.barrier()
     return tag
+
+
+@contextlib.contextmanager
+def _space_explained(partial: Path, step: int) -> Iterator[None]:
+    """Turns a write that failed for lack of space into an error that says so and names the path:
+    torch reports a full disk only as "unexpected pos 128 vs 0", without the errno. The file
+    system counts as full when the failure left less than _FULL_BELOW bytes free."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        usage = shutil.disk_usage(partial.parent)
+        if getattr(err, "errno", None) != errno.ENOSPC and usage.free >= _FULL_BELOW:
+            raise
+        raise OSError(errno.ENOSPC, f"saving step {step} into {partial} failed: no space left on its file system "
+                                    f"({usage.free:,} of {usage.total:,} bytes free; the write said: {err}); free "
+                                    "some space and run the same command again: it resumes from the latest "
+                                    "complete checkpoint") from err
 
 
 def mark_best(directory: Path, tag: str) -> None:
@@ -161,6 +187,17 @@ def verify(checkpoint: Path) -> dict[str, Any]:
     return manifest
 
 
+def why_unusable(checkpoint: Path) -> str | None:
+    """None when ``checkpoint`` verifies, else why not; rank 0 checks, every rank gets the answer."""
+    problem = None
+    if distributed.rank() == 0:
+        try:
+            verify(checkpoint)
+        except ValueError as err:
+            problem = str(err)
+    return distributed.broadcast_object(problem)
+
+
 def _is_complete(checkpoint: Path) -> bool:
     return (checkpoint / MANIFEST).is_file()
 
@@ -193,14 +230,18 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
     if latest and directory / latest in candidates:     # latest first; it is the newest in normal runs
         candidates.remove(directory / latest)
         candidates.insert(0, directory / latest)
+    unusable = []
     for checkpoint in candidates:
         try:
             manifest = verify(checkpoint)
         except ValueError as err:
             log.error("checkpoint not usable, trying an older one: %s", err)
+            unusable.append(checkpoint)
             continue
         if checkpoint.name != latest:
             log.warning("resuming from %s although latest names %s", checkpoint.name, latest)
+        for damaged in unusable:
+            _set_aside(damaged)
         saved = int(manifest["world_size"])
         if saved == distributed.world_size():
             return ResumePoint(checkpoint.name, saved)
@@ -209,6 +250,19 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
         raise RuntimeError(f"{directory}: no checkpoint verifies (see the errors above); move the directory "
                            "away to start from scratch")
     return None
+
+
+def _set_aside(checkpoint: Path) -> None:
+    """Renames a checkpoint that failed verification to ``TAG.corrupt`` (``.corrupt2``, ... when
+    that exists), so that reaching its step again writes fresh state; kept for inspection, never
+    loaded or pruned. Only done once an older checkpoint verifies: with none, the run stops
+    instead of starting from scratch."""
+    names = (checkpoint.with_name(f"{checkpoint.name}{CORRUPT}{n if n > 1 else ''}") for n in itertools.count(1))
+    target = next(name for name in names if not name.exists())
+    checkpoint.rename(target)
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + UNIVERSAL), ignore_errors=True)  # made from it
+    log.error("%s set aside as %s: it is never loaded, and its step is saved afresh when training reaches it",
+              checkpoint, target.name)
 
 
 def _universal_copy(checkpoint: Path) -> Path:
@@ -257,7 +311,7 @@ def prune(directory: Path, keep_last: int) -> None:
         complete = [p for p in step_checkpoints(directory) if _is_complete(p)]
         keep.update(p.name for p in complete[:keep_last])
         for path in directory.glob("step*"):
-            if path.is_dir() and path.name.split(".")[0] not in keep:
+            if path.is_dir() and path.name.split(".")[0] not in keep and CORRUPT not in path.name:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed checkpoint %s", path.name)
     distributed.barrier()

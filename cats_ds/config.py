@@ -8,8 +8,11 @@ sampling, optim, train (below), eval (cats_ds.evaluate.EvalConfig), cats (cats_d
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cats_ds.cats import CATSConfig
 from cats_ds.configio import ConfigError, apply_overrides, from_dict, load_yaml
@@ -32,13 +35,6 @@ class SamplingConfig:
     # process, 12 min): 512 left the model ignoring the source, 1 gave 74-89% distinct outputs
     sort_block: int = 1
 
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"sampling.temperature: must be > 0, got {self.temperature}")
-        if self.tokens_per_step < 1 or self.max_tokens_per_micro < 1 or self.sort_block < 1:
-            raise ValueError("sampling.tokens_per_step, sampling.max_tokens_per_micro and sampling.sort_block "
-                             "must be >= 1")
-
 
 @dataclass
 class OptimConfig:
@@ -53,14 +49,8 @@ class OptimConfig:
     clip_norm: float = 1.0              # 0: no clipping (DeepSpeed's gradient_clipping)
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr: must be > 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas: two numbers in [0, 1) expected, got {self.betas}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"optim.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_steps < 0 or self.clip_norm < 0:
-            raise ValueError("optim.warmup_steps and optim.clip_norm must be >= 0")
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas: two numbers expected, got {self.betas}")
 
 
 @dataclass
@@ -82,12 +72,6 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"train.max_steps: must be >= 1, got {self.max_steps}")
-        if self.max_minutes < 0 or self.log_every < 1 or self.save_every < 0 or self.threads < 0:
-            raise ValueError("train.max_minutes, train.save_every, train.threads must be >= 0, train.log_every >= 1")
-        if self.keep_last < 1 or self.max_nonfinite_steps < 1:
-            raise ValueError("train.keep_last and train.max_nonfinite_steps must be >= 1")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"train.device: auto, cuda or cpu, got {self.device!r}")
 
@@ -103,11 +87,75 @@ class RunConfig:
     cats: CATSConfig = field(default_factory=CATSConfig)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: finite, between ``low`` and ``high`` (ends as given)."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above_low and below_high
+
+    def __str__(self) -> str:
+        left, right = "(" if self.low_open else "[", ")" if self.high_open or self.high == math.inf else "]"
+        return f"{left}{self.low:g}, {self.high:g}{right}"
+
+
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
+_PROBABILITY, _SEED = Range(0, 1, high_open=True), Range(0, 2 ** 32 - 1)   # numpy seeds are 32-bit
+_PRESET_OR_SIZE = Range(-1)    # model sizes: 0 or -1 keep the preset's value
+
+# every numeric key of RunConfig and its valid values, checked at start (a list's range holds
+# for each element); tests/test_config.py checks that no numeric key is missing
+NUMERIC_RANGES: dict[str, Range] = {
+    "data.low_resource_size": _AT_LEAST_ONE, "data.vocab_size": Range(100), "data.tokenizer_temperature": _POSITIVE,
+    "data.tokenizer_sentences": Range(1000), "data.max_len": Range(4), "data.seed": _SEED,
+    "model.d_model": _PRESET_OR_SIZE, "model.encoder_layers": _PRESET_OR_SIZE, "model.decoder_layers": _PRESET_OR_SIZE,
+    "model.attention_heads": _PRESET_OR_SIZE, "model.ffn_dim": _PRESET_OR_SIZE, "model.dropout": _PROBABILITY,
+    "model.attention_dropout": _PROBABILITY,
+    "sampling.temperature": _POSITIVE, "sampling.tokens_per_step": _AT_LEAST_ONE,
+    "sampling.max_tokens_per_micro": _AT_LEAST_ONE, "sampling.sort_block": _AT_LEAST_ONE,
+    "optim.lr": _POSITIVE, "optim.warmup_steps": _NON_NEGATIVE, "optim.betas": _PROBABILITY, "optim.eps": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE, "optim.label_smoothing": _PROBABILITY, "optim.clip_norm": _NON_NEGATIVE,
+    "train.max_steps": _AT_LEAST_ONE, "train.max_minutes": _NON_NEGATIVE, "train.log_every": _AT_LEAST_ONE,
+    "train.save_every": _NON_NEGATIVE, "train.keep_last": _AT_LEAST_ONE, "train.max_nonfinite_steps": _AT_LEAST_ONE,
+    "train.seed": _SEED, "train.threads": _NON_NEGATIVE,
+    "eval.every_steps": _NON_NEGATIVE, "eval.dev_sentences": _AT_LEAST_ONE, "eval.test_sentences": _NON_NEGATIVE,
+    "eval.beam": _AT_LEAST_ONE, "eval.batch_sentences": _AT_LEAST_ONE, "eval.max_len_ratio": _NON_NEGATIVE,
+    "eval.patience": _NON_NEGATIVE,
+    "cats.lr_alpha": _NON_NEGATIVE, "cats.lr_lambda": _NON_NEGATIVE, "cats.epsilon": _POSITIVE,
+    "cats.ema_decay": _PROBABILITY, "cats.alpha_min": Range(0, 1), "cats.warmup_steps": _NON_NEGATIVE,
+    "cats.interval": _AT_LEAST_ONE, "cats.cosine_every": _AT_LEAST_ONE, "cats.meta_tokens_per_task": _AT_LEAST_ONE,
+}
+
+
+def check_ranges(section: Any, prefix: str = "") -> None:
+    """Raises ConfigError naming the first numeric key whose value is outside its NUMERIC_RANGES entry."""
+    for item in dataclasses.fields(section):
+        key, value = f"{prefix}{item.name}", getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        elif key in NUMERIC_RANGES:
+            values = value if isinstance(value, list) else [value]
+            for index, number in enumerate(values):
+                if number not in NUMERIC_RANGES[key]:
+                    where = f"{key}[{index}]" if isinstance(value, list) else key
+                    raise ConfigError(f"{where}: must be a finite number in {NUMERIC_RANGES[key]}, got {number!r}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Reads a run config file (or the defaults when ``path`` is None) and applies overrides."""
+    """Reads a run config file (or the defaults when ``path`` is None), applies overrides and
+    checks every numeric key's range."""
     data = load_yaml(Path(path)) if path else {}
     apply_overrides(data, list(overrides))
     try:
-        return from_dict(RunConfig, data)
+        config = from_dict(RunConfig, data)
+        check_ranges(config)
     except ConfigError as err:
         raise ConfigError(f"{path or 'defaults'}: {err}") from None
+    return config

@@ -12,7 +12,8 @@ magnitude (the sharpness of Keskar et al. when H is positive semi-definite near 
 ``--trace-samples K`` adds Hutchinson's estimate tr(H) ~ mean over K Rademacher vectors z of
 z.Hz. The numbers are comparable across methods only at the same batches, iterations and seed.
 
-The checkpoint (``latest`` unless ``--tag``) is consolidated to fp32 in this one process with
+The checkpoint (unless ``--tag``: the one results.json describes, ``latest`` before there are
+results) is consolidated to fp32 in this one process with
 DeepSpeed's zero_to_fp32, whatever the ZeRO stage and world size it was saved with; the model
 is rebuilt from the run's config.yaml. ``--device auto`` runs on the GPU where there is one; the
 random start and probes are drawn on the CPU either way, so devices differ only by float rounding.
@@ -99,7 +100,7 @@ def load_trained_model(run_dir: Path, tag: str | None):
     hf_config._attn_implementation = "eager"   # the fused SDPA kernels have no double backward
     model = build_model(hf_config, config.train.seed)
     checkpoints = run_dir / "checkpoints"
-    tag = tag or (checkpoints / "latest").read_text().strip()
+    tag = tag or evaluated_tag(run_dir)
     state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name in missing if name.endswith(("embed_tokens.weight", "lm_head.weight"))}
@@ -108,6 +109,14 @@ def load_trained_model(run_dir: Path, tag: str | None):
                          f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
     model.tie_weights()
     return model.float().eval(), data, tag
+
+
+def evaluated_tag(run_dir: Path) -> str:
+    """The checkpoint results.json describes (the best one, where the run kept it); ``latest``
+    while the run has no results (or results written before they named their checkpoint)."""
+    results = run_dir / "results.json"
+    evaluated = json.loads(results.read_text()).get("checkpoint") if results.is_file() else None
+    return evaluated["tag"] if evaluated else (run_dir / "checkpoints" / "latest").read_text().strip()
 
 
 def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eos_id: int,
@@ -153,7 +162,7 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.curvature", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--tag", help="checkpoint directory (default: the one `latest` names)")
+    parser.add_argument("--tag", help="checkpoint directory (default: the one results.json describes, else `latest`)")
     parser.add_argument("--iterations", type=int, default=20, help="Hessian-vector products per task")
     parser.add_argument("--batches", type=int, default=2, help="dev batches per task")
     parser.add_argument("--batch-sentences", type=int, default=16)

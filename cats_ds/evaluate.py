@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
@@ -59,12 +60,19 @@ def dev_losses(model, tasks: list[TaskData], config: EvalConfig, pad_id: int, de
     rank, world = distributed.rank(), distributed.world_size()
     sums = placement.zeros(2 * len(tasks))
     for n, task in enumerate(tasks):
-        indices = list(range(min(len(task), config.dev_sentences)))[rank::world]
-        for start in range(0, len(indices), config.batch_sentences):
-            batch = placement.to_device(collate(task, indices[start:start + config.batch_sentences], pad_id))
+        count = min(len(task), config.dev_sentences)
+        indices = list(range(count))[rank::world]
+        # under ZeRO-3 every forward pass gathers the weights from all ranks, so every rank runs
+        # as many batches as the rank with the most examples: a rank out of examples runs one of
+        # example 0 and discards it (as translate pads)
+        batches = math.ceil(math.ceil(count / world) / config.batch_sentences)
+        for start in range(0, batches * config.batch_sentences, config.batch_sentences):
+            chunk = indices[start:start + config.batch_sentences]
+            batch = placement.to_device(collate(task, chunk or [0], pad_id))
             loss = token_loss(model, batch, 0.0, pad_id, decoder_start_id)
-            sums[2 * n] += loss.nll_sum
-            sums[2 * n + 1] += loss.tokens
+            if chunk:
+                sums[2 * n] += loss.nll_sum
+                sums[2 * n + 1] += loss.tokens
     sums = distributed.all_reduce_sum(sums).cpu()
     return (sums[0::2] / sums[1::2].clamp(min=1)).numpy()
 

@@ -5,10 +5,11 @@
 
 One optimizer step = one plan from the language-synchronous sampler: a window of micro-steps
 per task, the same task on every rank in every micro-step. With CATS on, each window ends on
-a DeepSpeed accumulation boundary and its reduced gradient is moved out of this rank's ZeRO
-partition into the task's buffer; at the step boundary the buffers give the Gram matrix, the
-TaskScaler gives the scales, and the rescaled sum goes back into the partition before
-``engine.step()``. With CATS off the very same loop runs with one boundary per step.
+a DeepSpeed accumulation boundary and CATS enters only as calls to its component
+(cats_ds/cats/hook.py): ``begin_step`` (the dev meta pass), ``begin_window``/``end_window``
+(the task's gradient into its buffer) and ``before_optimizer_step`` (statistics, scales, the
+rescaled sum written back into the partition before ``engine.step()``). With CATS off the
+very same loop runs with one boundary per step.
 
 Every loss is a sum over target tokens divided by the step's global target-token count, so
 sum_n g_n is exactly the plain gradient of the mean token loss over the global batch.
@@ -35,7 +36,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from cats_ds import checkpoint, distributed, faults, placement
+from cats_ds import checkpoint, distributed, faults, placement, rundir
 from cats_ds.cats.hook import CATSHook
 from cats_ds.cats.zero import discard_gradients
 from cats_ds.config import RunConfig, TrainConfig, load_config
@@ -212,7 +213,7 @@ def prepare_data(config: RunConfig) -> pipeline.PreparedData:
     """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache."""
     if distributed.local_rank() != 0:
         distributed.barrier()
-    data = pipeline.prepare(config.data)
+    data = pipeline.prepare(config.data, threads=torch.get_num_threads())
     if distributed.local_rank() == 0:
         distributed.barrier()
     return data
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, args.overrides)
     distributed.init()
     try:
-        return train(config)
+        with rundir.owned(config.train.run_dir):
+            return train(config)
     finally:
         distributed.shutdown()
 
@@ -412,11 +414,12 @@ def train(config: RunConfig) -> dict:
         log.info("resumed from %s at step %d (saved by %d ranks)", checkpoints / resume.tag, run.step,
                  resume.saved_world_size)
 
-    writer = MetricsWriter(run_dir, rank == 0)
+    writer = MetricsWriter(run_dir, rank == 0, start_step=run.step)
     record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,
               "parameters": count_parameters(model), "world_size": distributed.world_size(),
-              "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None}
-    if run.cats:   # the TaskScaler state training starts (or resumes) from
+              "sampling_probs": probs.tolist(), "resumed_from": resume.tag if resume else None,
+              "data": data.accounting}
+    if run.cats:   # the CATS state training starts (or resumes) from
         record["cats_state"] = run.cats.describe_start()
     writer.write("run", run.step, record)
     with StopSignals() as signals:
@@ -526,21 +529,15 @@ def _stop_requested(started: float, budget_minutes: float, signals: StopSignals)
 def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Path, stopped_early: bool) -> dict:
     """Last checkpoint, final dev evaluation, test BLEU table, results files, export."""
     config = run.config
-    checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
+    last_tag = checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
     checkpoint.prune(checkpoints, config.train.keep_last)
-    final_dev = evaluate_dev(run, data)
-    if config.eval.every_steps and run.best and config.train.keep_best:
-        _update_best(run, final_dev)
-        if run.best["step"] != run.step:
-            log.info("evaluating the best checkpoint (step %d by %s)", run.best["step"], run.best["metric"])
-            checkpoint.load(run.engine, checkpoints, checkpoint.step_tag(run.best["step"]), load_optimizer=False)
-            final_dev = evaluate_dev(run, data)
+    evaluated, dev = _evaluated_checkpoint(run, data, checkpoints, last_tag)
     with evaluation_mode(run.engine):
         scores, hypotheses = evaluate_bleu(run.engine.module, data.tokenizer, data.test, config.eval,
                                            synced=_zero3(run.engine), limit=config.eval.test_sentences)
     low_dirs = data.low_resource_directions
-    results = {"step": run.step, "stopped_early": stopped_early, "dev": final_dev, "test": scores,
-               **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
+    results = {"step": run.step, "checkpoint": evaluated, "stopped_early": stopped_early, "dev": dev,
+               "test": scores, **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
                "cats": config.cats.enabled}
     if distributed.rank() == 0:
         _write_results(run_dir, results, hypotheses, low_dirs)
@@ -554,9 +551,33 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
     return results
 
 
+def _evaluated_checkpoint(run: Run, data: pipeline.PreparedData, checkpoints: Path, last_tag: str) -> tuple[dict, dict]:
+    """The checkpoint the results describe ({"tag", "step"}) and its dev record: with evaluations
+    during training and train.keep_best, the best by eval.best_metric, the final evaluation
+    included (``best`` moves to the last checkpoint when it wins); else the last one. The best
+    one is verified first; one that does not verify is reported and the last one evaluated."""
+    last, dev = {"tag": last_tag, "step": run.step}, evaluate_dev(run, data)
+    if not (run.config.eval.every_steps and run.best and run.config.train.keep_best):
+        return last, dev
+    if _update_best(run, dev):
+        checkpoint.mark_best(checkpoints, last_tag)
+        return last, dev
+    best = {"tag": checkpoint.step_tag(run.best["step"]), "step": run.best["step"]}
+    problem = checkpoint.why_unusable(checkpoints / best["tag"])
+    if problem:
+        log.error("not evaluating the best checkpoint: %s; the results describe the last one, %s", problem, last_tag)
+        return last, dev
+    log.info("evaluating the best checkpoint %s (by %s)", best["tag"], run.best["metric"])
+    checkpoint.load(run.engine, checkpoints, best["tag"], load_optimizer=False)
+    return best, evaluate_dev(run, data)
+
+
 def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set[str]) -> None:
     table = results_table(results["test"], low_dirs)
-    text = f"# Results at step {results['step']}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
+    evaluated = results["checkpoint"]
+    title = (f"Results of checkpoint {evaluated['tag']} (step {evaluated['step']}; "
+             f"training ran to step {results['step']})")
+    text = f"# {title}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     (run_dir / "results.md").write_text(text)
     (run_dir / "hypotheses").mkdir(exist_ok=True)

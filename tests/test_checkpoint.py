@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import deepspeed
 import pytest
 import torch
 
 from cats_ds import checkpoint, distributed, faults
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,22 @@ def test_a_damaged_checkpoint_is_reported_and_resume_falls_back(engine, tmp_path
         checkpoint.verify(tmp_path / tag)
     with caplog.at_level(logging.ERROR, logger="cats_ds.checkpoint"):
         assert loaded_step(engine, tmp_path) == 1
-    assert tag in caplog.text
+    assert tag in caplog.text and f"set aside as {tag}.corrupt" in caplog.text
+    # reaching step 2 again writes fresh state instead of re-pointing latest at the damaged one
+    assert train_and_save(engine, tmp_path, 2) == tag
+    assert checkpoint.verify(tmp_path / tag)["step"] == 2 and loaded_step(engine, tmp_path) == 2
+    assert (tmp_path / f"{tag}.corrupt").is_dir()
+    checkpoint.prune(tmp_path, keep_last=1)     # kept for inspection, never loaded
+    assert (tmp_path / f"{tag}.corrupt").is_dir() and not (tmp_path / "step00000001").exists()
+
+
+def test_a_checkpoint_damaged_twice_is_set_aside_twice(engine, tmp_path):
+    train_and_save(engine, tmp_path, 1)
+    for attempt in range(2):
+        tag = train_and_save(engine, tmp_path, 2)
+        (tmp_path / tag / checkpoint.MANIFEST).write_text("{not json")
+        assert loaded_step(engine, tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.glob("step00000002*")) == ["step00000002.corrupt", "step00000002.corrupt2"]
 
 
 def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(engine, tmp_path):
@@ -116,3 +137,29 @@ def test_retention_keeps_the_last_k_and_the_best(engine, tmp_path):
         checkpoint.prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("step*")) == ["step00000002", "step00000004", "step00000005"]
     assert checkpoint.best_tag(tmp_path) == "step00000002"
+
+
+def _small_file_system_command() -> list[str] | None:
+    """``unshare`` into a mount namespace that mounts a 1 MiB tmpfs at $0 and runs the rest; None where
+    neither user namespaces nor root allow it."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    command = [unshare, "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"']
+    probe = subprocess.run(command + [tempfile.mkdtemp(), "true"], capture_output=True)
+    return command if probe.returncode == 0 else None
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_the_lack_of_space(tmp_path):
+    command = _small_file_system_command()
+    if command is None:
+        pytest.skip("needs a small file system: unshare -rm (user namespaces) or root to mount a tmpfs")
+    # a process group of its own: not the one this module's engine fixture may have put in the environment
+    group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {key: value for key, value in os.environ.items() if key not in group}
+    result = subprocess.run(command + [str(tmp_path), sys.executable, str(REPO / "tests/dist/full_disk.py"),
+                                       str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO, env={**env, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode != 0
+    assert re.search(rf"saving step 3 into {re.escape(str(tmp_path))}/checkpoints/step00000003\.partial failed: "
+                     r"no space left", result.stderr), result.stderr[-3000:]

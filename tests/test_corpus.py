@@ -101,16 +101,14 @@ def test_read_fairseq_pair(tmp_path: Path) -> None:
     assert str(tmp_path / "valid.en-de.en") in bitext.origin and str(tmp_path / "valid.en-de.de") in bitext.origin
 
 
-def test_find_directions_mixed_layouts_and_other_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_find_directions_mixed_layouts_and_other_files(tmp_path: Path) -> None:
     write_bytes(tmp_path / "train.fr-en.tsv", b"a\tb\n")
     write_bytes(tmp_path / "train.de-en.de", b"a\n")
     write_bytes(tmp_path / "train.de-en.en", b"b\n")
     write_bytes(tmp_path / "valid.es-en.tsv", b"a\tb\n")  # another split
     write_bytes(tmp_path / "manifest.json", b"{}")
-    write_bytes(tmp_path / "train.it-en.txt", b"a\tb\n")  # not a corpus file: warned about
-    with caplog.at_level(logging.WARNING, logger="cats_ds.data.corpus"):
-        assert find_directions(tmp_path, "train") == [Direction("de", "en"), Direction("fr", "en")]
-    assert "train.it-en.txt" in caplog.text and "ignored" in caplog.text
+    write_bytes(tmp_path / ".train.it-en.tsv.tmp123", b"a\tb\n")  # a write in progress (hidden)
+    assert find_directions(tmp_path, "train") == [Direction("de", "en"), Direction("fr", "en")]
     assert find_directions(tmp_path, "valid") == [Direction("es", "en")]
     chosen = read_split(tmp_path, "train", [Direction("de", "en")])
     assert list(chosen) == [Direction("de", "en")]
@@ -275,3 +273,14 @@ def test_manifest_helpers(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(CorpusError, match="manifest.json: not valid JSON"):
         manifest_matches(tmp_path, params)
+
+
+@pytest.mark.parametrize("name", ["train.de-en.tsv.gz", "train.de_en.tsv", "train.it-en.txt", "valid.de-en.tsv.bak",
+                                  "test.de-en"])
+def test_unrecognised_corpus_files_are_refused_by_name_with_the_expected_pattern(tmp_path: Path, name: str) -> None:
+    for split in ("train", "valid", "test"):
+        write_bytes(tmp_path / f"{split}.fr-en.tsv", b"a\tb\n")
+    write_bytes(tmp_path / name, b"a\tb\n")
+    split = name.split(".")[0]
+    with pytest.raises(CorpusError, match=re.escape(str(tmp_path / name)) + f".*{split}\\.SRC-TGT\\.tsv"):
+        read_split(tmp_path, split)

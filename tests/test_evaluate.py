@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU
 
 from cats_ds.evaluate import bleu_tokenizer, group_means, results_table, score, source_use_check
+from conftest import run_deepspeed
 
 
 def test_score_against_sacrebleu_directly():
@@ -75,3 +79,14 @@ def test_decode_batch_drops_the_decoder_start_token():
     # M2M100 starts decoding from eos: decoding that token would end every output at once
     from cats_ds.evaluate import decode_batch
     assert decode_batch(_StubModel(), _StubTokenizer(), ["a", "b"], "en", beam=1, max_len_ratio=1.5) == ["10 11"] * 2
+
+
+@pytest.mark.slow
+def test_zero3_dev_losses_with_fewer_or_uneven_examples_than_ranks(tmp_path):
+    """Every rank must run as many forward passes as the others under ZeRO-3 (each gathers the
+    sharded weights from all ranks), also when a rank has no or fewer dev examples."""
+    out = tmp_path / "dev_losses.json"
+    run_deepspeed(["tests/dist/dev_loss_zero3.py", str(out)], processes=2, timeout=300)
+    result = json.loads(out.read_text())
+    for case, expected in result["expected"].items():
+        assert np.allclose(result["actual"][case], expected, rtol=1e-5), case

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cats_ds.config import load_config
+from cats_ds.distributed import free_port
 from cats_ds.launchcheck import job_line
 from conftest import REPO
 
@@ -75,3 +81,77 @@ def test_example_sweep_lines_are_valid_runs(index):
     run = load_config(REPO / config, overrides)
     assert (REPO / run.train.ds_config).is_file()
     assert run.train.run_dir.startswith("runs/ds-sweep/")
+
+
+class Training:
+    """launch/train.sh on 2 CPU processes in a session of its own, long enough to be stopped midway."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from corpus_fixture import write_config, write_corpus
+        config = write_config(tmp_path / "run.yaml", write_corpus(tmp_path / "corpus"), tmp_path / "run",
+                              tmp_path / "cache", train={"max_steps": 10_000, "threads": 1, "export": False})
+        self.run_dir, self.log = tmp_path / "run", tmp_path / "train.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
+               "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+        with open(self.log, "w") as log:
+            self.script = subprocess.Popen(["bash", "launch/train.sh", "-n", "2", str(config)], cwd=REPO, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.tree = [psutil.Process(self.script.pid)]
+
+    def find_processes(self) -> None:
+        """After 3 steps: the deepspeed launcher (train.sh itself where it execs it) and the 2 ranks."""
+        self._wait_for_steps(3)
+        self.tree += psutil.Process(self.script.pid).children(recursive=True)
+        self.launcher = next(p for p in self.tree if p.cmdline()[1:2] and p.cmdline()[1].endswith("bin/deepspeed"))
+        self.ranks = [p for p in self.tree if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
+        assert len(self.ranks) == 2, [p.cmdline() for p in self.tree]
+
+    def _wait_for_steps(self, steps: int) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and self.script.poll() is None:
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= steps:
+                return
+            time.sleep(0.5)
+        pytest.fail(f"no {steps} training steps: {self.log.read_text()[-3000:]}")
+
+    def finish(self) -> tuple[int, list[psutil.Process], str]:
+        """train.sh's status, the ranks still running when it returned, and its output."""
+        status = self.script.wait(timeout=300)
+        alive = [p for p in self.ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        return status, alive, self.log.read_text()
+
+    def kill(self) -> None:
+        """Ends whatever this test started that still runs (nothing, when train.sh works)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.tree += psutil.Process(self.script.pid).children(recursive=True)
+        for process in self.tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def saved_step(output: str, run_dir: Path) -> int:
+    """The step of the preemption checkpoint the ranks reported; ``latest`` must name it."""
+    found = re.search(r"SIGTERM received: checkpoint of step (\d+) saved", output)
+    assert found, output[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step{int(found[1]):08d}"
+    return int(found[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["the launcher alone", "the script's process group"])
+def test_a_sigterm_through_train_sh_reaches_every_rank_and_the_script_waits_for_the_checkpoint(tmp_path, target):
+    training = Training(tmp_path)
+    try:
+        training.find_processes()
+        if target == "the launcher alone":
+            training.launcher.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(training.script.pid, signal.SIGTERM)
+        status, alive, output = training.finish()
+        assert not alive, f"ranks {[p.pid for p in alive]} still train without a launcher"
+        saved_step(output, training.run_dir)
+        # a stop asked of the script is a clean stop; a launcher killed under it is reported as such
+        assert status == (143 if target == "the launcher alone" else 0), output[-3000:]
+    finally:
+        training.kill()

@@ -15,6 +15,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
+from cats_ds.curvature import evaluated_tag
 from cats_ds.metrics import read_metrics
 from conftest import needs_fp16, run_deepspeed
 from corpus_fixture import write_config, write_corpus
@@ -101,6 +102,10 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_result(workspace, uninterrup
         assert (checkpoints / "step00000008.partial").is_dir()      # the interrupted save, never loaded
     launch(workspace, name)
     assert_same_state(run_dir, uninterrupted)
+    # each step recorded once; the crashed attempt's records after the checkpoint kept aside
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl", "train")] == list(range(1, STEPS + 1))
+    lost = {r["step"] for r in read_metrics(run_dir / "metrics.lost.jsonl", "train")}
+    assert 5 in lost and lost <= set(range(5, 9))
 
 
 @pytest.mark.parametrize("fault, resume", [("sigterm:step:5:rank=0", False), ("sigusr1:step:5:rank=1", True)])
@@ -171,3 +176,31 @@ def test_a_run_that_keeps_producing_nan_stops_with_a_clear_error(workspace):
                        train={"max_steps": 20, "max_nonfinite_steps": 3})
     assert result.returncode != 0
     assert "3 steps in a row had a non-finite loss or gradient (up to step 5)" in result.stdout + result.stderr
+
+
+def test_results_name_the_checkpoint_they_describe_and_best_follows_every_improvement(workspace):
+    """NaN losses from step 3 on skip every update, so later evaluations tie step 2's and step 2
+    stays the best: the results describe it by name, and curvature defaults to it. A best that no
+    longer verifies is not evaluated; a final evaluation that improves moves ``best``."""
+    frozen = {"fault": "nan:loss:3-1000", "eval": {"every_steps": 2},
+              "train": {"max_steps": 6, "max_nonfinite_steps": 100, "save_every": 2}}
+    run_dir, _ = launch(workspace, "best", **frozen)
+    checkpoints, results = run_dir / "checkpoints", json.loads((run_dir / "results.json").read_text())
+    assert results["step"] == 6 and results["checkpoint"] == {"tag": "step00000002", "step": 2}
+    assert (checkpoints / "best").read_text().strip() == "step00000002" == evaluated_tag(run_dir)
+    title = "# Results of checkpoint step00000002 (step 2; training ran to step 6)"
+    assert title in (run_dir / "results.md").read_text()
+    step2_dev = read_metrics(run_dir / "metrics.jsonl", "eval")[0]
+    assert step2_dev["step"] == 2 and results["dev"]["dev_loss"] == step2_dev["dev_loss"]
+
+    victim = max((checkpoints / "step00000002").rglob("*.pt"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"!")
+    _, resumed = launch(workspace, "best", **{**frozen, "train": {**frozen["train"], "max_steps": 8}})
+    assert "not evaluating the best checkpoint" in resumed.stdout and "step00000002" in resumed.stdout
+    assert json.loads((run_dir / "results.json").read_text())["checkpoint"] == {"tag": "step00000008", "step": 8}
+
+    launch(workspace, "best", train={"max_steps": 9, "save_every": 2}, eval={"every_steps": 2})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["dev"]["dev_loss"] < step2_dev["dev_loss"], "precondition: the one update of step 9 helps"
+    assert results["checkpoint"] == {"tag": "step00000009", "step": 9}
+    assert (checkpoints / "best").read_text().strip() == "step00000009"

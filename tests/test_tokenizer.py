@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cats_ds.data.tokenizer import (
-    BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, sample_training_sentences, sidecar_path, train_or_load,
+    BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, TokenizerError, sample_training_sentences, sidecar_path, train_or_load,
 )
 
 WORDS = {
@@ -164,3 +164,10 @@ def test_bad_training_arguments(tmp_path, texts, change, message):
 def test_load_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.model"):
         Tokenizer.load(tmp_path / "nope.model")
+
+
+def test_sentencepiece_errors_are_rephrased_with_the_limit(tmp_path, texts):
+    with pytest.raises(TokenizerError, match=r"4000 pieces.*support at most \d+") as caught:
+        Tokenizer.train(texts, LANGUAGES, tmp_path / "spm.model", vocab_size=4000)
+    assert 0 < caught.value.max_vocab_size < 4000
+    assert not (tmp_path / "spm.model").exists()

@@ -68,6 +68,12 @@ def test_every_step_logs_per_task_losses_and_cats_state(trained):
     assert {"lambda", "eps", "grad_norm"} <= set(cats)
     run = read_metrics(trained / "metrics.jsonl", "run")[0]
     assert run["tasks"] == ["de-en", "es-en", "fr-en"] and run["world_size"] == 2
+    # every pair of the corpus accounted for (corpus_fixture: 300/300/50 train, 20 valid and test)
+    train_sizes, test_sizes = {"de-en": 300, "es-en": 50, "fr-en": 300}, dict.fromkeys(run["tasks"], 20)
+    for split, sizes in (("train", train_sizes), ("test", test_sizes)):
+        for task, size in sizes.items():
+            counts = run["data"][split][task]
+            assert counts["read"] == size and counts["kept"] + sum(counts["dropped"].values()) == size
 
 
 def test_exported_model_translates_from_stdin(trained):
@@ -87,6 +93,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-6, atol=1e-7), key
+    starts = read_metrics(resumed / "metrics.jsonl", "run")
+    assert len(starts) == 2 and starts[1]["data"] == starts[0]["data"]     # the resume is a cache hit
     alpha = {r["step"]: r["cats"]["alpha"] for r in read_metrics(straight / "metrics.jsonl", "train")}
     alpha_resumed = {r["step"]: r["cats"]["alpha"] for r in read_metrics(resumed / "metrics.jsonl", "train")}
     assert all(np.allclose(alpha[s], alpha_resumed[s], rtol=1e-6) for s in range(7, 13))

@@ -65,7 +65,7 @@ ArrayLike = torch.Tensor | Sequence[float]
 
 
 def _config_error(key: str, value: Any, requirement: str) -> ValueError:
-    return ValueError(f"CATSConfig.{key} must be {requirement}, got {value!r}")
+    return ValueError(f"cats.{key} must be {requirement}, got {value!r}")
 
 
 def _check_real(key: str, value: Any, low: float, high: float, *, low_open: bool = False,
@@ -234,7 +234,7 @@ class TaskScaler:
             raise ValueError(f"TaskScaler: num_tasks must be an integer >= 1, got {num_tasks!r}")
         if config.alpha_min * num_tasks > 1.0 + _FEASIBILITY_TOL:
             raise ValueError(
-                f"CATSConfig.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}], got {config.alpha_min!r}")
+                f"cats.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}], got {config.alpha_min!r}")
         self.config = config
         self.num_tasks = num_tasks
         self._gain = float(num_tasks) if config.parameterization == "scales" else 1.0   # s = gain * alpha

@@ -11,7 +11,9 @@ or
 
 never both, and optionally a manifest.json written last by the tool that
 prepared the directory (its parameters, counts and the files it wrote), so a
-directory with a manifest is complete. Reading normalizes every line with `clean_text`, drops pairs that
+directory with a manifest is complete. Any other file whose name starts with a split
+name (``train.de-en.tsv.gz``, ``train.de_en.tsv``) is refused by name: skipping it would
+silently remove its direction. Reading normalizes every line with `clean_text`, drops pairs that
 are empty on either side (one warning per file, with the count and the first
 line numbers) and refuses everything else that is wrong with an error naming
 the file and line.
@@ -92,6 +94,7 @@ class Bitext:
     src: list[str]
     tgt: list[str]
     origin: str  # the file(s) it came from, for messages
+    dropped_empty: int = 0  # pairs dropped while reading for being empty on a side
 
     def __post_init__(self) -> None:
         if len(self.src) != len(self.tgt):
@@ -127,14 +130,14 @@ def _scan(root: Path, split: str) -> dict[Direction, _DirectionFiles]:
         raise CorpusError(f"{root}: corpus directory does not exist")
     pattern = re.compile(rf"{re.escape(split)}\.([^.]+)-([^.]+)\.([^.]+)")
     found: dict[Direction, _DirectionFiles] = {}
-    for path in sorted(root.iterdir()):
+    # another split's files, the manifest and hidden temporary files are not this split's business;
+    # a file named like this split's data that does not fit the pattern would silently lose a direction
+    for path in sorted(p for p in root.iterdir() if p.name.startswith(f"{split}.")):
         match = pattern.fullmatch(path.name)
-        if match is None:
-            continue  # another split, a manifest, a temporary file
+        if match is None or match[3] not in ("tsv", match[1], match[2]):
+            raise CorpusError(f"{path}: not a corpus file name; expected {_expected_names(split)} "
+                              "(rename it, or move it out of the corpus directory)")
         src, tgt, ext = match.groups()
-        if ext != "tsv" and ext not in (src, tgt):
-            logger.warning("%s: ignored: extension .%s is neither .tsv nor .%s/.%s", path, ext, src, tgt)
-            continue
         direction = _direction_of(path, src, tgt)
         files = found.setdefault(direction, _DirectionFiles())
         if ext == "tsv":
@@ -144,6 +147,10 @@ def _scan(root: Path, split: str) -> dict[Direction, _DirectionFiles]:
     for direction, files in found.items():
         _check_complete(root, split, direction, files)
     return found
+
+
+def _expected_names(split: str) -> str:
+    return f"{split}.SRC-TGT.tsv or the pair {split}.SRC-TGT.SRC + {split}.SRC-TGT.TGT"
 
 
 def _direction_of(path: Path, src: str, tgt: str) -> Direction:
@@ -179,10 +186,7 @@ def read_split(
     found = _scan(root, split)
     wanted = sorted(found) if directions is None else list(directions)
     if not wanted:
-        raise CorpusError(
-            f"{root}: no {split} data (expected {split}.SRC-TGT.tsv or the pair "
-            f"{split}.SRC-TGT.SRC + {split}.SRC-TGT.TGT)"
-        )
+        raise CorpusError(f"{root}: no {split} data (expected {_expected_names(split)})")
     bitexts = {}
     for direction in wanted:
         if direction not in found:
@@ -212,7 +216,7 @@ def _read_direction(direction: Direction, files: _DirectionFiles) -> Bitext:
         )
     if not src:
         raise CorpusError(f"{origin}: no non-empty sentence pairs for {direction.name}")
-    return Bitext(direction, src, tgt, origin)
+    return Bitext(direction, src, tgt, origin, dropped_empty=len(dropped))
 
 
 def _decode(raw: bytes, path: Path, lineno: int) -> str:

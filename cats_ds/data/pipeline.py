@@ -3,7 +3,10 @@
 Every source (the embedded Bible corpus, a local directory, a Hugging Face dataset) is first
 written in the one local format (cats_ds.data.corpus); everything after that reads only that
 format. The cache key is a hash of the config fields that change the data, so a second run
-with the same data settings reuses the corpus, the sentencepiece model and the token arrays.
+with the same data settings reuses the corpus, the sentencepiece model and the token arrays;
+such a cache hit checks the corpus files by name, size and modification time and never reads
+the training text. Every task and split carries the count of pairs read, kept and dropped by
+reason (``PreparedData.accounting``, in the cache too), which the trainer records at every start.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from cats_ds.data import bible
-from cats_ds.data.corpus import Bitext, Direction, read_split
-from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, save_tasks
-from cats_ds.data.tokenizer import Tokenizer, train_or_load
+from cats_ds.data.corpus import Bitext, Direction, find_directions, read_split
+from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, pair_counts, save_tasks
+from cats_ds.data.tokenizer import DEFAULT_THREADS, Tokenizer, TokenizerError, train_or_load
 
 log = logging.getLogger(__name__)
 
@@ -87,31 +90,55 @@ class PreparedData:
     low_resource: set[str]             # task names reported as low-resource
     low_resource_directions: set[str]  # direction names belonging to those tasks
     corpus_dir: Path
+    accounting: dict                   # split -> task -> pairs read, kept, dropped by reason
 
 
-def prepare(config: DataConfig, progress: bool = True) -> PreparedData:
-    """Prepares (or reuses from the cache) everything training and evaluation read."""
+def prepare(config: DataConfig, progress: bool = True, threads: int = DEFAULT_THREADS) -> PreparedData:
+    """Prepares (or reuses from the cache) everything training and evaluation read; sentencepiece
+    runs with ``threads`` threads. A cache hit reads the small valid and test sets and the token
+    arrays, never the training text (the cache's fingerprint is the corpus files' metadata)."""
     root = config.cache_root() / "prepared" / config.key()
     corpus_dir = _materialize_corpus(config, root / "corpus")
-    train_text = read_split(corpus_dir, "train")
-    valid_text = read_split(corpus_dir, "valid", list(train_text))
-    test_text = read_split(corpus_dir, "test", list(train_text))
-    languages = sorted({lang for d in train_text for lang in (d.src, d.tgt)})
+    directions = find_directions(corpus_dir, "train")
+    valid_text = read_split(corpus_dir, "valid", directions)
+    test_text = read_split(corpus_dir, "test", directions)
+    task_of = config.task_map or group_directions([d.name for d in directions], config.tasks)
     tokenizer_path = root / "spm.model"
-    tokenizer = train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
-                              vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
-                              max_sentences=config.tokenizer_sentences, seed=config.seed)
-    task_of = config.task_map or group_directions([d.name for d in train_text], config.tasks)
-    fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
-    train = _cached_tasks(root / "train_tasks.npz", train_text, tokenizer, task_of, config.max_len, fingerprint)
-    valid = _cached_tasks(root / "valid_tasks.npz", valid_text, tokenizer, task_of, config.max_len, fingerprint)
+    cached = _cached_tasks(root, tokenizer_path, corpus_dir, config.max_len, task_of)
+    if cached:
+        tokenizer, (train, valid) = Tokenizer.load(tokenizer_path, threads), cached
+    else:
+        train_text = read_split(corpus_dir, "train", directions)
+        tokenizer = _train_tokenizer(config, train_text, corpus_dir, tokenizer_path, threads)
+        train = build_tasks(train_text, tokenizer, task_of, config.max_len)
+        valid = build_tasks(valid_text, tokenizer, task_of, config.max_len)
+        fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
+        for split, tasks in (("train", train), ("valid", valid)):
+            save_tasks(tasks, root / f"{split}_tasks.npz", fingerprint)
     names = [t.name for t in train]
     if [t.name for t in valid] != names:
         raise ValueError(f"{corpus_dir}: valid split has tasks {[t.name for t in valid]}, train has {names}")
+    accounting = {"train": {t.name: t.counts for t in train}, "valid": {t.name: t.counts for t in valid},
+                  "test": {task: pair_counts([b for d, b in test_text.items() if task_of[d.name] == task])
+                           for task in names}}
     low_tasks = _low_resource_tasks(config, corpus_dir, task_of)
     low_directions = {direction for direction, task in task_of.items() if task in low_tasks}
     return PreparedData(tokenizer, tokenizer_path, names, train, valid, valid_text, test_text,
-                        low_tasks, low_directions, corpus_dir)
+                        low_tasks, low_directions, corpus_dir, accounting)
+
+
+def _train_tokenizer(config: DataConfig, train_text: dict[Direction, Bitext], corpus_dir: Path,
+                     tokenizer_path: Path, threads: int) -> Tokenizer:
+    """The run's sentencepiece model (reused when its record matches), errors in the config's terms."""
+    languages = sorted({lang for d in train_text for lang in (d.src, d.tgt)})
+    try:
+        return train_or_load(_texts_by_language(train_text), languages, tokenizer_path,
+                             vocab_size=config.vocab_size, temperature=config.tokenizer_temperature,
+                             max_sentences=config.tokenizer_sentences, seed=config.seed, threads=threads)
+    except TokenizerError as error:
+        advice = f"; set data.vocab_size <= {error.max_vocab_size}" if error.max_vocab_size else ""
+        raise TokenizerError(f"training the tokenizer on the corpus {corpus_dir} with data.vocab_size="
+                             f"{config.vocab_size}: {error}{advice}", error.max_vocab_size) from None
 
 
 def _materialize_corpus(config: DataConfig, corpus_dir: Path) -> Path:
@@ -132,15 +159,20 @@ def _texts_by_language(bitexts: dict[Direction, Bitext]) -> dict[str, list[str]]
     return texts
 
 
-def _cached_tasks(path: Path, bitexts, tokenizer, task_of, max_len, fingerprint: str) -> list[TaskData]:
-    if path.exists():
-        try:
-            return load_tasks(path, fingerprint)
-        except ValueError as err:  # built from another tokenizer or corpus: rebuild, say so
-            log.warning("rebuilding %s: %s", path, err)
-    tasks = build_tasks(bitexts, tokenizer, task_of, max_len)
-    save_tasks(tasks, path, fingerprint)
-    return tasks
+def _cached_tasks(root: Path, tokenizer_path: Path, corpus_dir: Path, max_len: int,
+                  task_of: dict[str, str]) -> tuple[list[TaskData], list[TaskData]] | None:
+    """The cached train and valid tasks when both were built from this tokenizer, these corpus
+    files (by name, size and modification time), max_len and task map; else None."""
+    paths = [root / "train_tasks.npz", root / "valid_tasks.npz"]
+    if not (tokenizer_path.is_file() and all(path.is_file() for path in paths)):
+        return None
+    fingerprint = _fingerprint(tokenizer_path, corpus_dir, max_len, task_of)
+    try:
+        train, valid = (load_tasks(path, fingerprint) for path in paths)
+    except ValueError as err:  # built from another tokenizer or corpus: rebuild, say so
+        log.warning("rebuilding the token arrays: %s", err)
+        return None
+    return train, valid
 
 
 def _fingerprint(tokenizer_path: Path, corpus_dir: Path, max_len: int, task_of: dict[str, str]) -> str:

@@ -17,7 +17,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value that torch's cross entropy skips
 GROUPINGS = ("direction", "target", "source")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2   # 2: each task's pair counts in the metadata
 _ARRAY_FIELDS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "direction_index")
 
 
@@ -52,6 +52,8 @@ class TaskData:
     tgt_tokens: np.ndarray
     tgt_offsets: np.ndarray
     direction_index: np.ndarray
+    # pairs read from the corpus, kept, and dropped by reason ({"read", "kept", "dropped": {...}})
+    counts: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for side in ("src", "tgt"):
@@ -148,10 +150,10 @@ def save_tasks(tasks: Sequence[TaskData], path: Path, fingerprint: str = "") -> 
     """
     path = Path(path)
     meta = {"format": _CACHE_FORMAT, "fingerprint": fingerprint,
-            "tasks": [{"name": task.name, "directions": task.directions} for task in tasks]}
+            "tasks": [{"name": task.name, "directions": task.directions, "counts": task.counts} for task in tasks]}
     arrays = {"meta": np.array(json.dumps(meta))}
     for index, task in enumerate(tasks):
-        arrays.update({f"{index}/{field}": getattr(task, field) for field in _ARRAY_FIELDS})
+        arrays.update({f"{index}/{name}": getattr(task, name) for name in _ARRAY_FIELDS})
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as handle:
@@ -173,8 +175,8 @@ def load_tasks(path: Path, fingerprint: str | None = None) -> list[TaskData]:
         if fingerprint is not None and meta["fingerprint"] != fingerprint:
             raise ValueError(f"{path}: built from other inputs (fingerprint {meta['fingerprint']!r}, "
                              f"wanted {fingerprint!r}); delete it to rebuild")
-        return [TaskData(name=entry["name"], directions=list(entry["directions"]),
-                         **{field: _read_array(archive, path, f"{index}/{field}") for field in _ARRAY_FIELDS})
+        return [TaskData(name=entry["name"], directions=list(entry["directions"]), counts=entry["counts"],
+                         **{name: _read_array(archive, path, f"{index}/{name}") for name in _ARRAY_FIELDS})
                 for index, entry in enumerate(meta["tasks"])]
 
 
@@ -200,10 +202,20 @@ def _build_task(name: str, parts: list[tuple[Direction, Bitext]], tokenizer: Tok
     _report_dropped(name, dropped, len(sources), max_len)
     src_tokens, src_offsets = _flatten(sources)
     tgt_tokens, tgt_offsets = _flatten(targets)
+    counts = pair_counts([bitext for _, bitext in parts], too_long=sum(dropped.values()))
     return TaskData(name=name, directions=[direction.name for direction, _ in parts],
                     src_tokens=src_tokens, src_offsets=src_offsets,
                     tgt_tokens=tgt_tokens, tgt_offsets=tgt_offsets,
-                    direction_index=np.concatenate(direction_index))
+                    direction_index=np.concatenate(direction_index), counts=counts)
+
+
+def pair_counts(bitexts: Sequence[Bitext], too_long: int | None = None) -> dict:
+    """Pairs read from the corpus files of ``bitexts``, kept and dropped by reason: empty on a side
+    (when reading) and, where the pairs were tokenized, longer than max_len."""
+    empty = sum(bitext.dropped_empty for bitext in bitexts)
+    read = sum(len(bitext) for bitext in bitexts) + empty
+    dropped = {"empty": empty} if too_long is None else {"empty": empty, "too_long": too_long}
+    return {"read": read, "kept": read - sum(dropped.values()), "dropped": dropped}
 
 
 def _report_dropped(task: str, dropped: dict[str, int], kept: int, max_len: int) -> None:

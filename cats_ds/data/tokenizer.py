@@ -36,7 +36,16 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 _TAG_PATTERN = re.compile(r"^<2(\S+)>$")
 _LANGUAGE_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _SIDECAR_FORMAT = 1
-_NUM_THREADS = 2  # the target machines are small; more threads only contend
+DEFAULT_THREADS = 2  # sentencepiece threads where the caller gives none: the target machines are small
+_VOCABULARY_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+class TokenizerError(ValueError):
+    """sentencepiece could not train; ``max_vocab_size`` is set when the vocabulary asked for is too large."""
+
+    def __init__(self, message: str, max_vocab_size: int | None = None) -> None:
+        super().__init__(message)
+        self.max_vocab_size = max_vocab_size
 
 
 def lang_tag(lang: str) -> str:
@@ -57,9 +66,10 @@ class Tokenizer:
     eos_id = EOS_ID
     unk_id = UNK_ID
 
-    def __init__(self, processor: spm.SentencePieceProcessor, source: str) -> None:
+    def __init__(self, processor: spm.SentencePieceProcessor, source: str, threads: int = DEFAULT_THREADS) -> None:
         self._sp = processor
         self._source = source
+        self.threads = threads   # sentencepiece threads for batch encoding
         self._tag_ids = _read_tag_ids(processor)
         self._skipped_ids = frozenset(self._tag_ids.values()) | {PAD_ID, BOS_ID}
         _check_special_ids(processor, source)
@@ -75,8 +85,9 @@ class Tokenizer:
         max_sentences: int = 300_000,
         seed: int = 1,
         model_type: str = "unigram",
+        threads: int = DEFAULT_THREADS,
     ) -> Tokenizer:
-        """Train on a temperature-weighted sample of ``texts_by_lang``.
+        """Train on a temperature-weighted sample of ``texts_by_lang``, with ``threads`` threads.
 
         Writes ``model_path`` and, next to it, the sidecar json that
         :func:`train_or_load` checks before reusing the model.
@@ -87,10 +98,10 @@ class Tokenizer:
         sentences = sample_training_sentences(texts_by_lang, temperature, max_sentences, seed)
         model = io.BytesIO()
         spm.set_random_generator_seed(seed)
-        spm.SentencePieceTrainer.train(
+        _train_sentencepiece(
+            sentences, vocab_size,
             sentence_iterator=iter(sentences),
             model_writer=model,
-            vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=0.9995,
             byte_fallback=True,
@@ -99,7 +110,7 @@ class Tokenizer:
             pad_id=PAD_ID,
             eos_id=EOS_ID,
             unk_id=UNK_ID,
-            num_threads=_NUM_THREADS,
+            num_threads=threads,
             minloglevel=2,
         )
         # the sidecar first: a run interrupted in between leaves no model, so the next one retrains
@@ -107,16 +118,16 @@ class Tokenizer:
         _write_atomically(Path(model_path), model.getvalue())
         logger.info("trained a %d-piece %s tokenizer on %d sentences -> %s",
                     vocab_size, model_type, len(sentences), model_path)
-        return cls.load(model_path)
+        return cls.load(model_path, threads)
 
     @classmethod
-    def load(cls, model_path: Path) -> Tokenizer:
+    def load(cls, model_path: Path, threads: int = DEFAULT_THREADS) -> Tokenizer:
         """Load a model written by :meth:`train`."""
         model_path = Path(model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"tokenizer model {model_path} does not exist")
         processor = spm.SentencePieceProcessor(model_file=str(model_path))
-        return cls(processor, str(model_path))
+        return cls(processor, str(model_path), threads)
 
     @property
     def vocab_size(self) -> int:
@@ -154,7 +165,7 @@ class Tokenizer:
 
     def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode_target` for many texts at once."""
-        return self._sp.encode(list(texts), out_type=int, add_eos=True, num_threads=_NUM_THREADS)
+        return self._sp.encode(list(texts), out_type=int, add_eos=True, num_threads=self.threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` up to the first eos, without pad, bos and language tags."""
@@ -195,6 +206,20 @@ def sample_training_sentences(
     return sample
 
 
+def _train_sentencepiece(sentences: Sequence[str], vocab_size: int, **options) -> None:
+    """SentencePieceTrainer.train, its errors (raw C++ assertions) rephrased as TokenizerError."""
+    try:
+        spm.SentencePieceTrainer.train(vocab_size=vocab_size, **options)
+    except RuntimeError as error:
+        too_high = _VOCABULARY_TOO_HIGH.search(str(error))
+        if too_high:
+            limit = int(too_high[2])
+            raise TokenizerError(f"a tokenizer of {vocab_size} pieces was asked for, but the {len(sentences)} "
+                                 f"training sentences support at most {limit}", limit) from None
+        raise TokenizerError(f"sentencepiece could not train a {vocab_size}-piece tokenizer on "
+                             f"{len(sentences)} sentences: {error}") from None
+
+
 def train_or_load(
     texts_by_lang: Mapping[str, Sequence[str]],
     languages: Sequence[str],
@@ -204,6 +229,7 @@ def train_or_load(
     max_sentences: int = 300_000,
     seed: int = 1,
     model_type: str = "unigram",
+    threads: int = DEFAULT_THREADS,
 ) -> Tokenizer:
     """Load ``model_path`` if it was trained with exactly these settings and data, else train it.
 
@@ -216,10 +242,10 @@ def train_or_load(
         _check_cached_record(model_path, _training_record(texts_by_lang, languages, vocab_size, temperature,
                                                           max_sentences, seed, model_type))
         logger.info("reusing tokenizer %s", model_path)
-        return Tokenizer.load(model_path)
+        return Tokenizer.load(model_path, threads)
     return Tokenizer.train(texts_by_lang, languages, model_path, vocab_size=vocab_size,
                            temperature=temperature, max_sentences=max_sentences,
-                           seed=seed, model_type=model_type)
+                           seed=seed, model_type=model_type, threads=threads)
 
 
 def _cyclic_permutation(rng: np.random.Generator, size: int, count: int) -> Iterator[int]:
