@@ -332,7 +332,7 @@ def prepare_data(jobs: list[Job]) -> None:
         data = load_config(Path(job.config), job.overrides).data
         if data.key() not in prepared:
             tqdm.write(f"preparing the data of {job.name} (data key {data.key()})")
-            pipeline.prepare(data, progress=False)
+            pipeline.prepare(data)
             prepared.add(data.key())
 
 

@@ -408,3 +408,13 @@ def test_float32_and_float64_inputs_agree():
         results[dtype] = (scales, scaler.lam)
     np.testing.assert_allclose(results[torch.float32][0].numpy(), results[torch.float64][0].numpy(), atol=1e-6)
     assert results[torch.float32][1] == pytest.approx(results[torch.float64][1], abs=1e-6)
+
+
+def test_a_state_saved_before_the_update_norm_was_renamed_still_loads():
+    original = TaskScaler(CATSConfig(), num_tasks=2)
+    original.update([1.0, 2.0], [[2.0, 0.5], [0.5, 1.0]])
+    old = original.state_dict()
+    old["last_curvature"] = old.pop("last_update_sq_norm")
+    resumed = TaskScaler(CATSConfig(), num_tasks=2)
+    resumed.load_state_dict(old)
+    assert resumed.last_update_sq_norm == original.last_update_sq_norm is not None

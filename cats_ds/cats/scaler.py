@@ -249,7 +249,7 @@ class TaskScaler:
         self._num_skipped = 0  # calls whose inputs were unusable
         self._last_eps: float | None = None
         self._last_constraint: float | None = None  # c at the alpha the last step produced
-        self._last_curvature: float | None = None  # s^T G s at that alpha
+        self._last_update_sq_norm: float | None = None  # s^T G s at that alpha: the update's squared norm
 
     @property
     def scales(self) -> torch.Tensor:
@@ -289,8 +289,8 @@ class TaskScaler:
         return self._last_constraint
 
     @property
-    def last_curvature(self) -> float | None:
-        return self._last_curvature
+    def last_update_sq_norm(self) -> float | None:
+        return self._last_update_sq_norm
 
     def update_due(self) -> bool:
         """True when the next update() call will run a primal-dual step (so it needs dev meta_dots)."""
@@ -304,7 +304,7 @@ class TaskScaler:
             "lambda": self._lam,
             "eps": _optional_float(self._last_eps),
             "constraint": _optional_float(self._last_constraint),
-            "curvature": _optional_float(self._last_curvature),
+            "update_sq_norm": _optional_float(self._last_update_sq_norm),
             "ema_plain_sq_norm": _optional_float(self._ema_plain_sq_norm),
             "steps": float(self._step),
             "updates": float(self._num_updates),
@@ -401,12 +401,12 @@ class TaskScaler:
         new_alpha[present] = project_floored_simplex(step_target[present], self.config.alpha_min, present_mass)
         self._alpha = new_alpha
         # The dual step evaluates c at the NEW alpha (alternating primal-dual):
-        # lambda reacts to the curvature of the scales that will actually be applied.
+        # lambda reacts to the scales that will actually be applied.
         new_scales = self.scales
-        curvature = float(new_scales @ gram @ new_scales)
-        constraint = curvature / eps - 1.0
+        update_sq_norm = float(new_scales @ gram @ new_scales)
+        constraint = update_sq_norm / eps - 1.0
         self._lam = max(0.0, self._lam + self.config.lr_lambda * constraint)
-        self._last_eps, self._last_curvature, self._last_constraint = eps, curvature, constraint
+        self._last_eps, self._last_update_sq_norm, self._last_constraint = eps, update_sq_norm, constraint
         self._num_updates += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -420,10 +420,12 @@ class TaskScaler:
             "num_skipped": self._num_skipped,
             "last_eps": self._last_eps,
             "last_constraint": self._last_constraint,
-            "last_curvature": self._last_curvature,
+            "last_update_sq_norm": self._last_update_sq_norm,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "last_curvature" in state:   # the name checkpoints written before the rename use
+            state = {**state, "last_update_sq_norm": state["last_curvature"]}
         missing = [key for key in self.state_dict() if key not in state]
         if missing:
             raise ValueError(f"TaskScaler.load_state_dict: missing keys {missing}")
@@ -443,7 +445,7 @@ class TaskScaler:
         self._num_skipped = int(state["num_skipped"])
         self._last_eps = state["last_eps"]
         self._last_constraint = state["last_constraint"]
-        self._last_curvature = state["last_curvature"]
+        self._last_update_sq_norm = state["last_update_sq_norm"]
 
     def _check_loaded_alpha(self, alpha: torch.Tensor) -> None:
         if tuple(alpha.shape) != (self.num_tasks,) or not bool(torch.isfinite(alpha).all()):

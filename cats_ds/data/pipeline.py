@@ -93,7 +93,7 @@ class PreparedData:
     accounting: dict                   # split -> task -> pairs read, kept, dropped by reason
 
 
-def prepare(config: DataConfig, progress: bool = True, threads: int = DEFAULT_THREADS) -> PreparedData:
+def prepare(config: DataConfig, threads: int = DEFAULT_THREADS) -> PreparedData:
     """Prepares (or reuses from the cache) everything training and evaluation read; sentencepiece
     runs with ``threads`` threads. A cache hit reads the small valid and test sets and the token
     arrays, never the training text (the cache's fingerprint is the corpus files' metadata)."""
