@@ -239,7 +239,7 @@ def measure(args: argparse.Namespace) -> dict:
         "precision": args.precision, "device": _machine(),
         **{f"{name}_model_tflops": flops[name] / sum(times[name]) / 1e12 for name in times},
         "ratio_without_meta_pass": statistics.median(without_meta) if without_meta else float("nan"),
-        "partition_elements": buffers.tasks.shape[1],
+        "partition_elements": buffers.tasks.shape[1], "meta_buffer": buffers.meta is not None,
         "cats_buffer_mib": sum(t.numel() * t.element_size() for t in (buffers.tasks, buffers.meta) if t is not None)
         / 2 ** 20,
         "memory": memory, "process_peak_mib": process_peak_mib(),
