@@ -1,13 +1,14 @@
 """A fast mechanism benchmark for CATS ablations: a synthetic imbalanced multi-task problem on CPU.
 
     python -m cats_ds.mechanism [--seeds 3] [--steps N] [--methods T1 cats-lookahead-dev ...]
-                                [--out DIR] [--threads 1] [--quick]
+                                [--problem default|tension] [--out DIR] [--threads 1] [--quick]
 
 The problem: tasks share a rule (a random teacher network) plus a task-specific perturbation
 of its weights; labels are the teacher's argmax with a share of them replaced by uniform
 noise, so a task with few examples can be overfit. A student with a shared, overparameterized
 ReLU trunk and one linear head per task learns all tasks at once: 3 high-resource tasks of
-20,000 training examples and 3 low-resource ones of 200 by default. Every task also has a dev
+20,000 training examples and 3 low-resource ones of 200 by default (`--problem tension`:
+50,000 and 2,000, a larger task perturbation, 2,500 steps). Every task also has a dev
 split (used only for CATS's meta statistics) and a test split (used only for the report).
 
 Every optimizer step draws a batch from the task mixture with temperature sampling
@@ -125,6 +126,15 @@ def _require_real(value: Any, key: str, requirement: str, check) -> None:
     is_real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     _require(is_real and check(value), key, value, f"a finite number {requirement}")
 
+
+# Named problems (--problem): overrides of the defaults. "tension" has the trade-off temperature
+# sampling is about (docs/results/tension_search/): low-resource tasks far enough from the shared
+# rule that T=1 underfits them, large enough that T=5 helps them before T=100 overfits them, and
+# high-resource tasks that lose from upsampling (T=1 best on them).
+PROBLEMS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tension": dict(high_size=50_000, low_size=2_000, task_perturbation=1.0, steps=2_500),
+}
 
 # Seconds-long settings for tests and smoke runs: every code path, nothing measured.
 QUICK = dict(high_size=1_000, low_size=40, dev_size=40, test_size=200, hidden=16, steps=30, batch_size=32,
@@ -575,7 +585,8 @@ def report_markdown(command: str, config: MechanismConfig, seeds: list[int], sum
         "# CATS mechanism benchmark",
         f"```\n{command}\n```",
         f"{config.num_high_tasks} high-resource tasks x {config.high_size} and {config.num_low_tasks} low-resource "
-        f"x {config.low_size} training examples, label noise {config.label_noise}, {config.steps} Adam steps of "
+        f"x {config.low_size} training examples, task perturbation {config.task_perturbation}, label noise "
+        f"{config.label_noise}, {config.steps} Adam steps of "
         f"{config.batch_size} examples, seeds {seeds}, {seconds:.0f} s in all. Test loss is the mean cross-entropy "
         "over each task's test split, averaged over the group; mean ± std over seeds; Δ is the same-seed "
         f"difference (negative: lower loss than the reference). Best temperature baseline (lowest mean "
@@ -665,12 +676,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         metavar="METHOD", help="some of: " + ", ".join(METHODS) + " (default: all but the tuned-*)")
     parser.add_argument("--out", type=Path, default=Path("runs/mechanism"), help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--problem", choices=list(PROBLEMS), default="default",
+                        help="the synthetic problem: default, or tension (upsampling helps the small tasks, "
+                             "then overfits them)")
     parser.add_argument("--quick", action="store_true", help="a seconds-long run of every code path")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.threads < 1:
         parser.error("--seeds and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    config = replace(MechanismConfig(), **(QUICK if args.quick else {}))
+    config = replace(MechanismConfig(), **{**PROBLEMS[args.problem], **(QUICK if args.quick else {})})
     if args.steps is not None:
         config = replace(config, steps=args.steps)
     command = "python -m cats_ds.mechanism " + shlex.join(sys.argv[1:] if argv is None else argv)

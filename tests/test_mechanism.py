@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cats_ds.cats import CATSConfig, TaskScaler
-from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, QUICK, MechanismConfig, SharedTrunkModel, main,
+from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel, main,
                                make_problem, per_task_gradients, train)
 from cats_ds.rank_correlation import spearman
 
@@ -108,6 +108,15 @@ def test_quick_benchmark_writes_a_finite_report(tmp_path):
     assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.mechanism --quick --seeds 2")
     assert all(f"| {name} |" in report for name in HEADLINE_METHODS)
     assert (tmp_path / "low_vs_high.png").stat().st_size > 1000
+
+
+def test_named_problem_sets_its_fields_and_quick_still_shrinks_it(tmp_path):
+    results = main(["--quick", "--problem", "tension", "--methods", "T1", "--seeds", "1", "--out", str(tmp_path)])
+    config = results["config"]
+    assert config["task_perturbation"] == PROBLEMS["tension"]["task_perturbation"]
+    assert (config["high_size"], config["low_size"], config["steps"]) == (QUICK["high_size"], QUICK["low_size"],
+                                                                          QUICK["steps"])
+    assert "task perturbation 1.0," in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("key, value", [("low_size", 0), ("num_classes", 1), ("steps", True), ("lr", -1e-3),
