@@ -18,7 +18,7 @@ def test_a_vocabulary_too_large_for_the_corpus_names_the_corpus_and_the_key(tmp_
     config = DataConfig(source="local", local_dir=str(corpus), vocab_size=4000, tokenizer_sentences=1000,
                         cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=re.escape(str(corpus)) + r".*data\.vocab_size=4000.*at most \d+"):
-        prepare(config, progress=False)
+        prepare(config)
 
 
 def test_every_start_accounts_for_each_pair_and_a_cache_hit_reads_no_training_text(tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_every_start_accounts_for_each_pair_and_a_cache_hit_reads_no_training_te
     real_train = spm.SentencePieceTrainer.train
     monkeypatch.setattr(spm.SentencePieceTrainer, "train",
                         lambda **options: trainer_options.append(options) or real_train(**options))
-    first = prepare(config, progress=False, threads=1)
+    first = prepare(config, threads=1)
     assert [options["num_threads"] for options in trainer_options] == [1] and first.tokenizer.threads == 1
     accounting = first.accounting
     assert accounting["train"]["fr-en"] == {"read": 305, "kept": 300, "dropped": {"empty": 3, "too_long": 2}}
@@ -46,6 +46,6 @@ def test_every_start_accounts_for_each_pair_and_a_cache_hit_reads_no_training_te
     monkeypatch.setattr(pipeline, "read_split", lambda root, split, *rest: splits_read.append(split) or
                         real_read(root, split, *rest))
     monkeypatch.setattr(tokenizer, "_data_digest", lambda texts: pytest.fail("the training text was hashed again"))
-    again = prepare(config, progress=False, threads=2)
+    again = prepare(config, threads=2)
     assert "train" not in splits_read and again.accounting == accounting and again.tokenizer.threads == 2
     assert all(np.array_equal(a.src_tokens, b.src_tokens) for a, b in zip(again.train, first.train))
