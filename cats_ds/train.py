@@ -43,10 +43,11 @@ from cats_ds.config import RunConfig, TrainConfig, load_config
 from cats_ds.data import pipeline
 from cats_ds.data.sampler import LanguageSyncSampler, reshard_states, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
-from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu, group_means, results_table, source_use_check
+from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu
 from cats_ds.loss import plan_tokens, token_loss
-from cats_ds.metrics import MetricsWriter, run_file
+from cats_ds.metrics import MetricsWriter
 from cats_ds.model import build_hf_config, build_model, count_parameters, describe
+from cats_ds.results import bleu_summary, write_results
 
 log = logging.getLogger("cats_ds.train")
 
@@ -322,15 +323,6 @@ def _evaluate_dev(run: Run, data: pipeline.PreparedData) -> dict:
     return record
 
 
-def bleu_summary(scores: dict, low_directions: set[str]) -> dict:
-    """bleu, bleu_low, bleu_high, chrf, chrf_low, chrf_high (where the group exists)."""
-    summary = {}
-    for key in ("bleu", "chrf"):
-        for group, value in group_means(scores, low_directions, key).items():
-            summary[key if group == "all" else f"{key}_{group}"] = value
-    return summary
-
-
 def _update_best(run: Run, record: dict) -> bool:
     """Tracks the best evaluation; returns True when this one is the new best."""
     metric = run.config.eval.best_metric
@@ -540,7 +532,7 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
                "test": scores, **bleu_summary(scores, low_dirs), "low_resource_directions": sorted(low_dirs),
                "cats": config.cats.enabled}
     if distributed.rank() == 0:
-        _write_results(run_dir, results, hypotheses, low_dirs)
+        print("\n" + write_results(run_dir, results, hypotheses, low_dirs), flush=True)
     if config.train.export:
         export_dir = run_dir / "export"
         from cats_ds.export import export_model
@@ -570,20 +562,6 @@ def _evaluated_checkpoint(run: Run, data: pipeline.PreparedData, checkpoints: Pa
     log.info("evaluating the best checkpoint %s (by %s)", best["tag"], run.best["metric"])
     checkpoint.load(run.engine, checkpoints, best["tag"], load_optimizer=False)
     return best, evaluate_dev(run, data)
-
-
-def _write_results(run_dir: Path, results: dict, hypotheses: dict, low_dirs: set[str]) -> None:
-    table = results_table(results["test"], low_dirs)
-    evaluated = results["checkpoint"]
-    title = (f"Results of checkpoint {evaluated['tag']} (step {evaluated['step']}; "
-             f"training ran to step {results['step']})")
-    text = f"# {title}\n\n{table}\n\n{source_use_check(results['test'], low_dirs)}\n"
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (run_dir / "results.md").write_text(text)
-    (run_dir / "hypotheses").mkdir(exist_ok=True)
-    for name, lines in hypotheses.items():
-        run_file(run_dir, f"hypotheses/test.{name}.txt").write_text("\n".join(lines) + "\n")
-    print("\n" + text, flush=True)
 
 
 if __name__ == "__main__":
