@@ -58,7 +58,8 @@ from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
 from cats_ds.model import build_hf_config, build_model, count_parameters
 from cats_ds.sizes import training_flops
-from cats_ds.train import Run, build_engine, train_step
+from cats_ds.engine import build_engine
+from cats_ds.train import Run, train_step
 
 PAD, EOS = 1, 2
 METHODS = (("plain", False), ("cats", True))

@@ -20,12 +20,16 @@ shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
 rank's sampler position and RNG state (gathered, so any rank can restore its own), the CATS
-state and the settings the run's trajectory depends on.
+state and the settings the run's trajectory depends on. The trainer calls four functions:
+``choose_resume`` (the newest checkpoint that verifies, made universal after a world-size
+change), ``resume_run`` (load it and restore the run, refused when its settings differ),
+``save_run`` and ``prune``; ``mark_best`` names the best one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import itertools
@@ -38,10 +42,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 
-from cats_ds import distributed, faults, placement
+from cats_ds import distributed, placement
+from cats_ds.data.sampler import reshard_states
+
+if TYPE_CHECKING:
+    from cats_ds.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +102,6 @@ def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> st
     state = {**client_state, "per_rank": per_rank, "world_size": distributed.world_size(), **_UNIVERSAL_INFO}
     with _space_explained(partial, step):
         engine.save_checkpoint(str(directory), tag=partial.name, client_state=state, save_latest=False)
-    faults.inject("save", step)
     distributed.barrier()
     if distributed.rank() == 0:
         with _space_explained(partial, step):
@@ -295,10 +304,6 @@ def load(engine, directory: Path, tag: str, load_optimizer: bool = True) -> dict
     return client_state
 
 
-def best_tag(directory: Path) -> str | None:
-    return _read_pointer(directory, BEST)
-
-
 # ----------------------------------------------------------------------------------------------
 # retention
 
@@ -315,3 +320,83 @@ def prune(directory: Path, keep_last: int) -> None:
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed checkpoint %s", path.name)
     distributed.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# a run's state: what a checkpoint carries besides DeepSpeed's files, and resuming from it
+
+
+def save_run(run, directory: Path) -> str:
+    """Saves ``run`` (a cats_ds.train.Run) at its current step; returns the tag."""
+    return save(run.engine, directory, run.step, run_state(run))
+
+
+def resume_run(run, directory: Path, point: ResumePoint) -> None:
+    """Loads checkpoint ``point`` (from choose_resume) into ``run``'s engine and continues ``run`` from it."""
+    restore_run(run, load(run.engine, directory, point.tag), directory / point.tag)
+    log.info("resumed from %s at step %d (saved by %d ranks)", directory / point.tag, run.step, point.saved_world_size)
+
+
+# settings a run may change when it resumes: how long it runs, how it logs, saves and evaluates
+_RESUMABLE_CHANGES = ("train.run_dir", "train.max_steps", "train.max_minutes", "train.log_every", "train.save_every",
+                      "train.keep_last", "train.keep_best", "train.max_nonfinite_steps", "train.threads",
+                      "train.export", "train.device", "data.cache_dir", "eval.")
+
+
+def trajectory_settings(config: RunConfig) -> dict:
+    """The flattened settings a run's trajectory depends on (all but _RESUMABLE_CHANGES)."""
+    flat = _flatten(dataclasses.asdict(config))
+    return {key: value for key, value in flat.items() if not key.startswith(_RESUMABLE_CHANGES)}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def run_state(run) -> dict:
+    """The client state of ``run`` (a cats_ds.train.Run): everything but DeepSpeed's own files."""
+    state = {"step": run.step, "best": run.best, "nonfinite_steps": run.nonfinite.total,
+             "settings": trajectory_settings(run.config), "per_rank": {"sampler": run.sampler.state_dict()}}
+    if run.cats:
+        state.update(run.cats.state_dict())
+        state["per_rank"].update(run.cats.per_rank_state())
+    return state
+
+
+def restore_run(run, state: dict, where: Path) -> None:
+    """Continues ``run`` from the client state ``state`` read from checkpoint ``where``: refused when
+    the run's trajectory settings differ from the saved ones."""
+    _check_same_settings(trajectory_settings(run.config), state["settings"], where)
+    run.step, run.best, run.nonfinite.total = state["step"], state["best"], state["nonfinite_steps"]
+    own = _own_rank_state(state["per_rank"], run.config.train.seed, run.step)
+    run.sampler.load_state_dict(own["sampler"])
+    if run.cats:
+        run.cats.load_state_dict(state, own, where)
+
+
+def _check_same_settings(now: dict, saved: dict, where: Path) -> None:
+    differing = sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
+    if differing:
+        details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}" for key in differing)
+        raise ValueError(f"{where} belongs to a run with other settings ({details}); resume with the saved "
+                         "settings, or start a new run in another train.run_dir")
+
+
+def _own_rank_state(per_rank: list[dict], seed: int, step: int) -> dict:
+    """This rank's sampler states and RNG. After a world-size change the samplers are resharded
+    (no example skipped, see reshard_states) and the RNG is seeded from (seed, step, rank)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    if len(per_rank) == world:
+        own = per_rank[rank]
+        placement.set_rng_state(own["rng"])
+        return own
+    log.warning("resuming a %d-rank checkpoint on %d ranks: data shards are redistributed", len(per_rank), world)
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+    return {key: reshard_states([state[key] for state in per_rank], world)[rank]
+            for key in per_rank[0] if key != "rng"}

@@ -20,34 +20,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import deepspeed
-import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
-from cats_ds import checkpoint, distributed, faults, placement, rundir
+from cats_ds import checkpoint, distributed, placement, rundir
 from cats_ds.cats.hook import CATSHook
-from cats_ds.cats.zero import discard_gradients
-from cats_ds.config import RunConfig, TrainConfig, load_config
+from cats_ds.config import RunConfig, load_config
 from cats_ds.data import pipeline
-from cats_ds.data.sampler import LanguageSyncSampler, reshard_states, temperature_probs
+from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
+from cats_ds.engine import build_engine
 from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu
 from cats_ds.loss import plan_tokens, token_loss
 from cats_ds.metrics import MetricsWriter
 from cats_ds.model import build_hf_config, build_model, count_parameters, describe
+from cats_ds.nonfinite import NonFiniteGuard
 from cats_ds.results import bleu_summary, write_results
+from cats_ds.stopping import Stopping
 
 log = logging.getLogger("cats_ds.train")
 
@@ -66,8 +63,10 @@ class Run:
     eos_id: int
     step: int = 0
     best: dict = field(default_factory=dict)     # {"metric": value, "step": n, "stale_evals": k}
-    nonfinite_steps: int = 0                     # steps skipped for a NaN/Inf loss or gradient, in all
-    nonfinite_streak: int = 0                    # ... and in a row up to now
+    nonfinite: NonFiniteGuard = field(init=False)  # takes or skips each optimizer step
+
+    def __post_init__(self) -> None:
+        self.nonfinite = NonFiniteGuard(self.config.train.max_nonfinite_steps, [t.name for t in self.train_tasks])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,10 +74,8 @@ class Run:
 
 
 def train_step(run: Run) -> dict:
-    """Runs one optimizer step and returns its metrics (identical on every rank).
-
-    A step whose loss, gradient or CATS statistics are not finite is skipped: no optimizer
-    update, the TaskScaler untouched (fp16: DeepSpeed's loss scaler skips it); see _count_nonfinite."""
+    """Runs one optimizer step and returns its metrics (identical on every rank). A step with a
+    non-finite loss, gradient or CATS statistics is skipped (cats_ds/nonfinite.py)."""
     config, engine, cats = run.config, run.engine, run.cats
     world = distributed.world_size()
     plan = run.sampler.next_step()
@@ -99,9 +96,6 @@ def train_step(run: Run) -> dict:
             engine.set_gradient_accumulation_boundary(last_micro and (cats is not None or last_window))
             loss = token_loss(engine, placement.to_device(collate(task, micro, run.pad_id)),
                               config.optim.label_smoothing, run.pad_id, run.eos_id)
-            if faults.poisons_loss(run.step + 1, window.task):
-                loss = dataclasses.replace(loss, smoothed_sum=loss.smoothed_sum * math.nan,
-                                           nll_sum=loss.nll_sum * math.nan)
             # DeepSpeed averages over ranks; scaling by world makes the result a sum over the global batch
             engine.backward(loss.smoothed_sum * (world / target_total))
             sums[window.task] += loss.nll_sum
@@ -113,19 +107,13 @@ def train_step(run: Run) -> dict:
     metrics = {"loss": float(sums.sum() / target_total), "task_loss": task_loss.tolist(),
                "target_tokens": target_total, "source_tokens": float(tokens[1].sum()),
                "token_share": (tokens[0] / target_total).tolist()}
-    finite = bool(np.isfinite(task_loss).all())
+    statistics_finite = True
     if cats:
-        metrics["cats"], finite = cats.before_optimizer_step(task_loss, tokens[0] / target_total, finite, run.step)
-    if finite or engine.fp16_enabled():
-        engine.step()       # fp16: DeepSpeed's loss scaler sees the overflow, skips and backs off
-    else:
-        discard_gradients(engine)
-    applied = finite and bool(engine.was_step_applied())
-    metrics.update(lr=engine.get_lr()[0], step_applied=applied, grad_norm=_grad_norm(engine, applied))
+        metrics["cats"], statistics_finite = cats.before_optimizer_step(task_loss, tokens[0] / target_total, run.step)
+    applied = run.nonfinite.step(engine, task_loss, statistics_finite, run.step + 1)
     run.step += 1
-    # an fp16 gradient overflow with a finite loss is the loss scaler's business, not divergence
-    loss_scaler_skip = engine.fp16_enabled() and bool(np.isfinite(task_loss).all())
-    _count_nonfinite(run, applied, loss_scaler_skip, metrics)
+    metrics.update(lr=engine.get_lr()[0], step_applied=applied, grad_norm=_grad_norm(engine, applied),
+                   nonfinite_steps=run.nonfinite.total)
     return metrics
 
 
@@ -134,80 +122,8 @@ def _grad_norm(engine, applied: bool) -> float:
     return float(grad_norm) if grad_norm is not None else float("nan")
 
 
-def _count_nonfinite(run: Run, applied: bool, loss_scaler_skip: bool, metrics: dict) -> None:
-    """Counts skipped steps; a run that keeps producing NaN/Inf stops instead of training on garbage."""
-    run.nonfinite_streak = 0 if applied or loss_scaler_skip else run.nonfinite_streak + 1
-    run.nonfinite_steps += not applied
-    metrics["nonfinite_steps"] = run.nonfinite_steps
-    if not applied:
-        bad = [run.train_tasks[n].name for n, value in enumerate(metrics["task_loss"]) if not math.isfinite(value)]
-        log.warning("step %d skipped: non-finite %s", run.step, f"loss in {', '.join(bad)}" if bad else "gradient")
-    limit = run.config.train.max_nonfinite_steps
-    if run.nonfinite_streak >= limit:
-        raise FloatingPointError(
-            f"{limit} steps in a row had a non-finite loss or gradient (up to step {run.step}); the model is "
-            "diverging: lower optim.lr, raise optim.warmup_steps or check the data, then resume from the last "
-            "checkpoint (train.max_nonfinite_steps sets this limit)")
-
-
 # ----------------------------------------------------------------------------------------------
 # set-up
-
-
-def build_engine(config: RunConfig, model: torch.nn.Module, load_universal: bool = False):
-    """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule;
-    ``load_universal`` when the checkpoint to resume from is a universal one (new world size)."""
-    ds_config = _load_ds_config(Path(config.train.ds_config), config)
-    if load_universal:
-        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-    # DeepSpeed casts parameters but not buffers (M2M100's sinusoidal position table), and CPU
-    # kernels refuse mixed dtypes: cast the whole module first
-    model = model.to(_model_dtype(ds_config))
-    optim = config.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                  weight_decay=optim.weight_decay)
-    warmup = max(1, optim.warmup_steps)
-
-    def inverse_sqrt(step: int) -> float:   # LambdaLR's step 0 is the first update
-        step += 1
-        return min(step / warmup, math.sqrt(warmup / step))
-
-    def make_scheduler(opt):
-        return torch.optim.lr_scheduler.LambdaLR(opt, inverse_sqrt)
-
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=make_scheduler,
-                                           config=ds_config)
-    return engine
-
-
-def _model_dtype(ds_config: dict) -> torch.dtype:
-    if ds_config.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    if ds_config.get("fp16", {}).get("enabled"):
-        return torch.float16
-    return torch.float32
-
-
-# keys the trainer sets itself: a DeepSpeed JSON that sets them is refused
-_OWNED_KEYS = ("optimizer", "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu",
-               "gradient_accumulation_steps", "gradient_clipping")
-
-
-def _load_ds_config(path: Path, config: RunConfig) -> dict:
-    try:
-        ds_config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"train.ds_config: {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from None
-    owned = [key for key in _OWNED_KEYS if key in ds_config]
-    if owned:
-        raise ValueError(f"{path}: remove {', '.join(owned)}; cats-ds sets these from the run config "
-                         "(optim.*, sampling.*)")
-    # token-budget batches and manual boundaries: DeepSpeed sees one "sample" per micro-step
-    return {**ds_config, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "gradient_clipping": config.optim.clip_norm, "zero_allow_untested_optimizer": True,
-            "steps_per_print": ds_config.get("steps_per_print", 10 ** 9)}
 
 
 def prepare_data(config: RunConfig) -> pipeline.PreparedData:
@@ -229,69 +145,6 @@ def _set_threads(config: RunConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints and evaluation
-
-
-# settings a run may change when it resumes: how long it runs, how it logs, saves and evaluates
-_RESUMABLE_CHANGES = ("train.run_dir", "train.max_steps", "train.max_minutes", "train.log_every", "train.save_every",
-                      "train.keep_last", "train.keep_best", "train.max_nonfinite_steps", "train.threads",
-                      "train.export", "train.device", "data.cache_dir", "eval.")
-
-
-def trajectory_settings(config: RunConfig) -> dict:
-    """The flattened settings a run's trajectory depends on (all but _RESUMABLE_CHANGES)."""
-    flat = _flatten(dataclasses.asdict(config))
-    return {key: value for key, value in flat.items() if not key.startswith(_RESUMABLE_CHANGES)}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def client_state(run: Run) -> dict:
-    state = {"step": run.step, "best": run.best, "nonfinite_steps": run.nonfinite_steps,
-             "settings": trajectory_settings(run.config), "per_rank": {"sampler": run.sampler.state_dict()}}
-    if run.cats:
-        state.update(run.cats.state_dict())
-        state["per_rank"].update(run.cats.per_rank_state())
-    return state
-
-
-def restore(run: Run, state: dict, where: Path) -> None:
-    """Continues the run saved in ``state`` (read from checkpoint ``where``)."""
-    _check_same_settings(trajectory_settings(run.config), state["settings"], where)
-    run.step, run.best, run.nonfinite_steps = state["step"], state["best"], state["nonfinite_steps"]
-    own = _own_rank_state(state["per_rank"], run.config.train.seed, run.step)
-    run.sampler.load_state_dict(own["sampler"])
-    if run.cats:
-        run.cats.load_state_dict(state, own, where)
-
-
-def _check_same_settings(now: dict, saved: dict, where: Path) -> None:
-    differing = sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
-    if differing:
-        details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}" for key in differing)
-        raise ValueError(f"{where} belongs to a run with other settings ({details}); resume with the saved "
-                         "settings, or start a new run in another train.run_dir")
-
-
-def _own_rank_state(per_rank: list[dict], seed: int, step: int) -> dict:
-    """This rank's sampler states and RNG. After a world-size change the samplers are resharded
-    (no example skipped, see reshard_states) and the RNG is seeded from (seed, step, rank)."""
-    rank, world = distributed.rank(), distributed.world_size()
-    if len(per_rank) == world:
-        own = per_rank[rank]
-        placement.set_rng_state(own["rng"])
-        return own
-    log.warning("resuming a %d-rank checkpoint on %d ranks: data shards are redistributed", len(per_rank), world)
-    torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
-    return {key: reshard_states([state[key] for state in per_rank], world)[rank]
-            for key in per_rank[0] if key != "rng"}
 
 
 @contextlib.contextmanager
@@ -402,9 +255,7 @@ def train(config: RunConfig) -> dict:
         log.info("CATS on: %s", config.cats)
 
     if resume:
-        restore(run, checkpoint.load(engine, checkpoints, resume.tag), checkpoints / resume.tag)
-        log.info("resumed from %s at step %d (saved by %d ranks)", checkpoints / resume.tag, run.step,
-                 resume.saved_world_size)
+        checkpoint.resume_run(run, checkpoints, resume)
 
     writer = MetricsWriter(run_dir, rank == 0, start_step=run.step)
     record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,
@@ -414,46 +265,21 @@ def train(config: RunConfig) -> dict:
     if run.cats:   # the CATS state training starts (or resumes) from
         record["cats_state"] = run.cats.describe_start()
     writer.write("run", run.step, record)
-    with StopSignals() as signals:
-        stop = train_loop(run, data, writer, checkpoints, signals)
+    with Stopping(config.train.max_minutes, config.train.max_steps, run.step) as stopping:
+        stop = train_loop(run, data, writer, checkpoints, stopping)
     if stop == "signal":
-        checkpoint.save(engine, checkpoints, run.step, client_state(run))
+        checkpoint.save_run(run, checkpoints)
         log.info("%s received: checkpoint of step %d saved; run the same command again to resume",
-                 signals.received, run.step)
-        return {"step": run.step, "interrupted": signals.received}
+                 stopping.received, run.step)
+        return {"step": run.step, "interrupted": stopping.received}
     return finish(run, data, run_dir, checkpoints, stopped_early=stop == "patience")
 
 
-class StopSignals:
-    """SIGTERM and SIGUSR1 (what Slurm sends before a time limit or preemption) ask training to
-    stop at the next step boundary, save a checkpoint and exit cleanly; the handlers only record
-    the signal, so a save or an evaluation in progress is never cut."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._record)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _record(self, signum: int, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-
 def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, checkpoints: Path,
-               signals: StopSignals) -> str:
+               stopping: Stopping) -> str:
     """Trains until max_steps, the time budget, early stopping or a stop signal; returns which
     ("max_steps", "time", "patience" or "signal")."""
     config = run.config
-    started, first_step = time.monotonic(), run.step
     bar = tqdm(total=config.train.max_steps, initial=run.step, desc="train", unit="step",
                disable=distributed.rank() != 0, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # log files (Slurm, CI) get a line per 30 s
@@ -467,19 +293,18 @@ def train_loop(run: Run, data: pipeline.PreparedData, writer: MetricsWriter, che
             window_tokens, window_start = 0.0, time.monotonic()
             writer.write("train", run.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}", refresh=False)
-            bar.total = _expected_last_step(run.step - first_step, time.monotonic() - started, run.step, config.train)
+            bar.total = stopping.expected_last_step(run.step)
         bar.update(1)
-        faults.inject("step", run.step)
         if config.eval.every_steps and run.step % config.eval.every_steps == 0:
             if _evaluate_and_track(run, data, writer, checkpoints):
                 return "patience"
         if config.train.save_every and run.step % config.train.save_every == 0:
-            checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
+            checkpoint.save_run(run, checkpoints)
             checkpoint.prune(checkpoints, config.train.keep_last)
-        stop = _stop_requested(started, config.train.max_minutes, signals)
+        stop = stopping.requested()
         if stop:
             log.info("stopping at step %d: %s", run.step,
-                     "time budget reached" if stop == "time" else f"{signals.received} received")
+                     "time budget reached" if stop == "time" else f"{stopping.received} received")
             return stop
     bar.close()
     return "max_steps"
@@ -492,36 +317,16 @@ def _evaluate_and_track(run: Run, data, writer: MetricsWriter, checkpoints: Path
     writer.write("eval", run.step, {**record, "best": run.best})
     log.info("step %d: dev loss %.4f%s", run.step, record["dev_loss"], " (best)" if improved else "")
     if improved and run.config.train.keep_best:
-        checkpoint.mark_best(checkpoints, checkpoint.save(run.engine, checkpoints, run.step, client_state(run)))
+        checkpoint.mark_best(checkpoints, checkpoint.save_run(run, checkpoints))
         checkpoint.prune(checkpoints, run.config.train.keep_last)
     patience = run.config.eval.patience
     return bool(patience) and run.best["stale_evals"] >= patience
 
 
-def _expected_last_step(steps_done: int, elapsed: float, step: int, config: TrainConfig) -> int:
-    """The step training will stop at: max_steps, or sooner where the time budget runs out first."""
-    if not config.max_minutes or steps_done == 0:
-        return config.max_steps
-    remaining = max(0.0, 60 * config.max_minutes - elapsed)
-    return min(config.max_steps, step + int(remaining * steps_done / elapsed))
-
-
-def _stop_requested(started: float, budget_minutes: float, signals: StopSignals) -> str | None:
-    """"signal", "time" or None. Every rank must stop at the same step: one all-reduce shares
-    the slowest rank's clock and the stop signal any rank received (then recorded on all)."""
-    received = signal.Signals[signals.received].value if signals.received else 0
-    state = placement.as_tensor([time.monotonic() - started, received])
-    elapsed, signum = distributed.all_reduce_max(state).tolist()
-    if signum:
-        signals.received = signal.Signals(int(signum)).name
-        return "signal"
-    return "time" if budget_minutes and elapsed >= 60 * budget_minutes else None
-
-
 def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Path, stopped_early: bool) -> dict:
     """Last checkpoint, final dev evaluation, test BLEU table, results files, export."""
     config = run.config
-    last_tag = checkpoint.save(run.engine, checkpoints, run.step, client_state(run))
+    last_tag = checkpoint.save_run(run, checkpoints)
     checkpoint.prune(checkpoints, config.train.keep_last)
     evaluated, dev = _evaluated_checkpoint(run, data, checkpoints, last_tag)
     with evaluation_mode(run.engine):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cats_ds.config import RunConfig
-from cats_ds.train import _load_ds_config
+from cats_ds.engine import load_ds_config
 from conftest import REPO, cpu_supports_fp16, needs_fp16, run_deepspeed
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
@@ -27,7 +27,7 @@ def test_there_are_configs_for_every_stage_and_precision():
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.stem)
 def test_config_loads_and_leaves_batch_and_optimizer_to_the_run_config(path):
     raw = json.loads(path.read_text())
-    loaded = _load_ds_config(path, RunConfig())
+    loaded = load_ds_config(path, RunConfig())
     assert loaded["zero_optimization"] == raw["zero_optimization"]
     assert loaded["train_micro_batch_size_per_gpu"] == 1 and "optimizer" not in loaded
 

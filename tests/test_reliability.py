@@ -17,11 +17,12 @@ from safetensors.torch import load_file
 
 from cats_ds.curvature import evaluated_tag
 from cats_ds.metrics import read_metrics
-from conftest import needs_fp16, run_deepspeed
+from conftest import REPO, needs_fp16, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
 pytestmark = pytest.mark.slow
 
+DIST = REPO / "tests" / "dist"
 STEPS = 12
 SETTINGS = {"train": {"max_steps": STEPS, "save_every": 4, "keep_last": 3, "export": False},
             "eval": {"test_sentences": 4, "dev_sentences": 8, "batch_sentences": 8}}
@@ -39,9 +40,10 @@ def launch(workspace, name: str, processes: int = 2, fault: str | None = None, c
     merged = {section: {**values, **sections.get(section, {})} for section, values in SETTINGS.items()}
     merged.update({k: v for k, v in sections.items() if k not in merged})
     config = write_config(root / f"{name}.yaml", corpus, root / name, cache, **merged)
+    # the fault (tests/dist/faults.py) is installed from outside the trainer
+    trainer = [str(DIST / "train_with_faults.py")] if fault else ["--module", "cats_ds.train"]
     env = {"CATS_DS_FAULT": fault} if fault else {}
-    result = run_deepspeed(["--module", "cats_ds.train", "--config", str(config)], processes=processes, env=env,
-                           check=check)
+    result = run_deepspeed([*trainer, "--config", str(config)], processes=processes, env=env, check=check)
     return root / name, result
 
 

@@ -4,7 +4,7 @@
     cats.begin_step()                 # before the first micro-step: the dev meta pass, when an update is due
     cats.begin_window()               # before each task's window of micro-steps
     cats.end_window(task)             # after it: the task's reduced gradient moves into its buffer
-    record, finite = cats.before_optimizer_step(train_loss, finite, step)   # before engine.step()
+    record, finite = cats.before_optimizer_step(train_loss, shares, step)   # before engine.step()
 
 Everything CATS adds to a step lives here: the partition buffers (cats_ds/cats/zero.py), the
 scaler (TaskScaler, or a gradient-surgery baseline), the dev sampler and meta pass, the
@@ -85,14 +85,14 @@ class CATSHook:
     def end_window(self, task: int) -> None:
         self.buffers.end_window(task)
 
-    def before_optimizer_step(self, train_loss: np.ndarray, shares: torch.Tensor, finite: bool,
-                              step: int) -> tuple[dict, bool]:
+    def before_optimizer_step(self, train_loss: np.ndarray, shares: torch.Tensor, step: int) -> tuple[dict, bool]:
         """Gram matrix, scaler update, rescaled gradient written into the ZeRO partition.
 
         ``shares``: the step's realized target-token share per task (pi). Returns the step's CATS
-        record and whether the statistics were finite; when they are not, the scaler is left
-        untouched and the step keeps its scales, or its weights (fp16: the partition is flagged,
-        so DeepSpeed's overflow check skips the step and lowers the loss scale)."""
+        record and whether CATS's inputs (training and meta losses, Gram matrix, meta dots) were
+        finite; when they are not, the scaler is left untouched and the step keeps its scales, or
+        its weights (fp16: the partition is flagged, so DeepSpeed's overflow check skips the step
+        and lowers the loss scale). Whether the step is taken is cats_ds/nonfinite.py's decision."""
         meta = self.meta
         with_gradient = meta is not None and meta["has_gradient"]
         gram, dots = self.buffers.reduce_statistics(with_meta=with_gradient)
@@ -101,7 +101,7 @@ class CATSHook:
         weights = self.scaler.config.parameterization == "weights"
         if weights:   # the scaler sees the per-task mean gradients gbar_n = g_n / pi_n
             gram, dots = mean_gradient_statistics(gram, dots, shares)
-        finite = finite and all_finite(gram, losses, dots)
+        finite = all_finite(gram, losses, dots, torch.from_numpy(train_loss))
         if finite:
             self.scales = self.scaler.update(losses, gram, dots, **({"plain": shares} if weights else {}))
         if weights:

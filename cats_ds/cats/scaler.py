@@ -216,6 +216,13 @@ def _as_float64(name: str, value: ArrayLike, shape: tuple[int, ...]) -> torch.Te
     return tensor
 
 
+def _require_finite(**tensors: torch.Tensor | None) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"TaskScaler.update: {name} is non-finite ({tensor.tolist()}); skip the step instead "
+                             "(cats_ds/nonfinite.py)")
+
+
 def _optional_float(value: float | None) -> float:
     return math.nan if value is None else value
 
@@ -246,7 +253,7 @@ class TaskScaler:
         self._ema_plain_sq_norm: float | None = None  # EMA of 1^T G 1
         self._step = 0  # number of update() calls
         self._num_updates = 0  # primal-dual steps applied
-        self._num_skipped = 0  # calls whose inputs were unusable
+        self._num_skipped = 0  # due updates skipped (eps or the mean loss not positive, no task present)
         self._last_eps: float | None = None
         self._last_constraint: float | None = None  # c at the alpha the last step produced
         self._last_update_sq_norm: float | None = None  # s^T G s at that alpha: the update's squared norm
@@ -320,25 +327,21 @@ class TaskScaler:
         Every call advances the step counter. Finite inputs update the EMA of
         plain training's squared update norm (1^T G 1 for scales); the
         primal-dual step runs only on steps after warmup_steps that fall on the
-        interval. Non-finite inputs (losses of absent tasks excepted) change
-        nothing but the step and skipped counters.
+        interval. Non-finite inputs (losses of absent tasks excepted) are refused
+        with ValueError and change nothing: what a non-finite step means is the
+        trainer's decision (cats_ds/nonfinite.py), made before it calls this.
         """
-        update_due = self.update_due()
-        self._step += 1
-        if not self.config.enabled:
-            return self.scales
         n = self.num_tasks
         losses64 = _as_float64("losses", losses, (n,))
         gram64 = self._prepare_gram(_as_float64("gram", gram, (n, n)))
         dots64 = None if meta_dots is None else _as_float64("meta_dots", meta_dots, (n,))
         plain64 = torch.ones(n, dtype=torch.float64) if plain is None else _as_float64("plain", plain, (n,))
-        if not bool(torch.isfinite(gram64).all()):
-            return self._skip("the Gram matrix is non-finite")
         present = torch.diagonal(gram64) > 0.0
-        if not bool(torch.isfinite(losses64[present]).all()):
-            return self._skip("a present task's loss is non-finite")
-        if dots64 is not None and not bool(torch.isfinite(dots64).all()):
-            return self._skip("meta_dots is non-finite")
+        _require_finite(gram=gram64, losses=losses64[present], meta_dots=dots64)
+        update_due = self.update_due()
+        self._step += 1
+        if not self.config.enabled:
+            return self.scales
         self._update_ema(float(plain64 @ gram64 @ plain64))
         if update_due:
             self._primal_dual_step(losses64, gram64, dots64, present, plain64)

@@ -35,9 +35,10 @@ from cats_ds.config import RunConfig
 from cats_ds.configio import from_dict
 from cats_ds.data.sampler import LanguageSyncSampler
 from cats_ds.data.tasks import TaskData, collate
+from cats_ds.engine import build_engine
 from cats_ds.loss import token_loss
 from cats_ds.model import build_hf_config, build_model
-from cats_ds.train import Run, build_engine, train_step
+from cats_ds.train import Run, train_step
 
 STEPS = 5
 VIRTUAL_WORLD = 2

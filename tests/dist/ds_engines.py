@@ -18,7 +18,7 @@ from cats_ds.cats.zero import PartitionGradients, UnsupportedSetupError
 from cats_ds.config import RunConfig
 from cats_ds.configio import from_dict
 from cats_ds.model import build_hf_config, build_model
-from cats_ds.train import build_engine
+from cats_ds.engine import build_engine
 
 PAD, EOS, VOCAB = 1, 2, 50
 

@@ -1,6 +1,9 @@
 """Fault injection for the reliability tests: a crash or a non-finite loss at a chosen moment.
 
-Off unless the environment variable ``CATS_DS_FAULT`` is set to ``KIND:POINT:STEPS[:key=value...]``:
+Test-only: tests/dist/train_with_faults.py installs a fault into the trainer from outside
+(it wraps cats_ds.train's functions and DeepSpeed's save), so the training code has no fault
+hooks. The fault comes from the environment variable ``CATS_DS_FAULT``,
+``KIND:POINT:STEPS[:key=value...]``:
 
     sigkill:step:7:rank=1     rank 1 kills itself with SIGKILL right after optimizer step 7
     sigkill:save:8            every rank does, in the middle of saving step 8's checkpoint
@@ -15,12 +18,8 @@ STEPS is a step number or an inclusive range FIRST-LAST; rank and task default t
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import dataclass
-from functools import cache
 
-_SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1}
 _KINDS = {"sigkill": ("step", "save"), "sigterm": ("step",), "sigusr1": ("step",), "nan": ("loss",)}
 
 
@@ -55,22 +54,3 @@ def parse(spec: str) -> Fault:
                      *(int(options[key]) if key in options else None for key in ("rank", "task")))
     except ValueError as err:
         raise ValueError(f"CATS_DS_FAULT={spec!r}: {err}") from None
-
-
-@cache
-def active() -> Fault | None:
-    spec = os.environ.get("CATS_DS_FAULT")
-    return parse(spec) if spec else None
-
-
-def inject(point: str, step: int) -> None:
-    """Sends this process the fault's signal if one is set for this point, step and rank."""
-    fault = active()
-    if fault and fault.kind in _SIGNALS and fault.hits(point, step, rank=int(os.environ.get("RANK", "0"))):
-        os.kill(os.getpid(), _SIGNALS[fault.kind])
-
-
-def poisons_loss(step: int, task: int) -> bool:
-    """True if a ``nan`` fault makes task ``task``'s loss non-finite in step ``step``."""
-    fault = active()
-    return bool(fault and fault.kind == "nan" and fault.hits("loss", step, task=task))
