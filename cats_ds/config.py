@@ -204,7 +204,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         check_ranges(config)
         check_consistency(config)
     except ConfigError as err:
-        raise ConfigError(f"{path or 'defaults'}: {err}") from None
+        raise ConfigError(f"{path or 'defaults'}{' + overrides' if overrides else ''}: {err}") from None
     return config
 
 
@@ -224,8 +224,8 @@ def config_path(name_or_path: str) -> Path:
 def from_command_line(argv: list[str] | None, prog: str, description: str = "") -> RunConfig:
     """The run config of ``[--config NAME|PATH] [--print-config] [key.sub=value ...]``. ``--help``
     lists every key with its default and meaning and exits; ``--print-config`` prints the resolved
-    config as YAML and exits 0, before any data preparation or distributed start. ``--local_rank``
-    (passed by the deepspeed launcher) is accepted and ignored."""
+    config as YAML and exits 0, before any data preparation or distributed start; a config error
+    exits 2 with its message. ``--local_rank`` (passed by the deepspeed launcher) is accepted and ignored."""
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=f"keys (key=default, meaning):\n{keys_help(RunConfig)}")
@@ -238,7 +238,10 @@ def from_command_line(argv: list[str] | None, prog: str, description: str = "") 
                         help="overrides, values written as in YAML (lists: [a, b]): train.max_steps=100 "
                              "optim.lr=3e-4 cats.enabled=false")
     args = parser.parse_args(argv)
-    config = load_config(config_path(args.config) if args.config else None, args.overrides)
+    try:
+        config = load_config(config_path(args.config) if args.config else None, args.overrides)
+    except ConfigError as err:   # a usage error: the message without a traceback, exit status 2
+        parser.error(str(err))
     if args.print_config:
         print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
         parser.exit(0)

@@ -43,11 +43,13 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
     try:
-        data = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+        # the shape first, without constructing anything: OmegaConf would read a bare scalar as a key
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and not isinstance(root, yaml.MappingNode):
+            raise ConfigError(f"{path}: the top level must be a mapping, got a {root.id}")
+        data = OmegaConf.load(io.StringIO(text))
     except (yaml.YAMLError, OmegaConfBaseException) as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
-    if not isinstance(data, DictConfig):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return _plain(data, str(path))
 
 
@@ -93,13 +95,13 @@ def check_key(cls: type, key: str) -> None:
 
 
 def unknown_keys_message(where: str, unknown: list[str], known: list[str]) -> str:
-    """'unknown key a.b: did you mean a.c?' for each unknown key, else the known ones listed."""
+    """'unknown key(s) a.b (did you mean a.c?); known: ...': the nearest valid key of each, where one is near."""
     named = []
     for key in unknown:
         nearest = difflib.get_close_matches(key, known, n=1)
-        hint = f": did you mean {_dotted(where, nearest[0])}?" if nearest else ""
-        named.append(f"unknown key {_dotted(where, key)}{hint}")
-    return "; ".join(named) + f" (known in {where or 'the config'}: {', '.join(sorted(known))})"
+        named.append(f"{_dotted(where, key)} (did you mean {_dotted(where, nearest[0])}?)" if nearest
+                     else _dotted(where, key))
+    return f"unknown key(s) {', '.join(named)}; known in {where or 'the config'}: {', '.join(sorted(known))}"
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:

@@ -75,13 +75,14 @@ def test_bad_values_name_the_key_and_the_value(override, named):
     ("cats.alpha_mn=0.1", "cats.alpha_min"),
 ])
 def test_an_unknown_override_key_suggests_the_nearest_valid_one(override, suggestion):
-    with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: unknown key") + ".*"
-                       + re.escape(f"did you mean {suggestion}?")):
+    with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: unknown key(s) ") + ".*"
+                       + re.escape(f"(did you mean {suggestion}?)")):
         load_config(None, [override])
 
 
 def test_an_unknown_key_with_nothing_near_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown key optim\.zzzzzz \(known in optim: betas, clip_norm, eps") as err:
+    known = r"unknown key\(s\) optim\.zzzzzz; known in optim: betas, clip_norm, eps"
+    with pytest.raises(ConfigError, match=known) as err:
         load_config(None, ["optim.zzzzzz=1"])
     assert "did you mean" not in str(err.value)
 
@@ -89,10 +90,10 @@ def test_an_unknown_key_with_nothing_near_lists_the_known_ones():
 def test_an_unknown_key_in_a_file_names_the_file_and_suggests(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("optim:\n  lrr: 0.001\nsampling:\n  temprature: 2\n")
-    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key optim\.lrr: did you mean optim\.lr\?"):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key\(s\) optim\.lrr \(did you mean optim\.lr\?\)"):
         load_config(path)
     path.write_text("optimizer:\n  lr: 0.001\n")
-    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key optimizer: did you mean optim\?"):
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown key\(s\) optimizer \(did you mean optim\?\)"):
         load_config(path)
 
 
@@ -255,11 +256,16 @@ def test_a_config_name_resolves_to_the_shipped_file():
     assert config == load_config(CONFIG_DIR / "bible8_cpu.yaml", ["train.max_steps=3"])
 
 
-def test_an_unknown_config_name_suggests_a_shipped_one(tmp_path):
-    with pytest.raises(ConfigError, match=r"--config bible8_cpx: no shipped config .*did you mean bible8_cpu\?"):
-        from_command_line(["--config", "bible8_cpx"], "test")
-    with pytest.raises(ConfigError, match="config file not found: .*nowhere.yaml"):
-        from_command_line(["--config", str(tmp_path / "nowhere.yaml")], "test")
+def test_config_errors_on_the_command_line_exit_2_with_the_message(tmp_path, capsys):
+    for argv, message in [
+        (["--config", "bible8_cpx"], r"--config bible8_cpx: no shipped config .*did you mean bible8_cpu\?"),
+        (["--config", str(tmp_path / "nowhere.yaml")], r"config file not found: .*nowhere\.yaml"),
+        (["optim.lrr=3e-4"], r"override 'optim\.lrr=3e-4': unknown key\(s\) optim\.lrr \(did you mean optim\.lr\?\)"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            from_command_line(argv, "test")
+        assert stop.value.code == 2
+        assert re.search(r"test: error: .*" + message, capsys.readouterr().err)
 
 
 def test_print_config_prints_the_resolved_config_and_exits_0(capsys):
@@ -291,3 +297,14 @@ def test_every_key_has_a_one_line_meaning_beside_its_field():
     assert meanings["sampling.sort_block"] == ("each rank's shard is length-sorted in blocks of this many "
                                                "(1: no sorting)")          # the first sentence of the comment above
     assert meanings["train.max_minutes"] == "wall-clock budget for the training loop; 0: none"   # the one beside
+
+
+def test_the_readme_tables_name_exactly_the_config_keys():
+    """The README's tables are written for reading, --help is generated: they name the same keys."""
+    readme = (CONFIG_DIR.parents[1] / "README.md").read_text(encoding="utf-8")
+    configuration = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    named = {f"{section}.{key}" for section, keys in re.findall(r"^\| (\w+) \| ([^|]*) \|", configuration, re.M)
+             for key in re.findall(r"`(\w+)`", keys)}
+    cats_knobs = readme.split("\n### CATS knobs", 1)[1].split("\n\n", 2)[1]
+    named |= {f"cats.{key}" for key in re.findall(r"^\| `(\w+)` \|", cats_knobs, re.M)}
+    assert named == {key for key, _, _ in describe_keys(RunConfig)}
