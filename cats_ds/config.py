@@ -46,12 +46,12 @@ class SamplingConfig:
 class OptimConfig:
     """AdamW with linear warmup then inverse-square-root decay."""
 
-    lr: float = 2e-3  # peak learning rate
-    warmup_steps: int = 200  # linear warmup to lr over this many steps
+    lr: float = 2e-3                    # peak learning rate
+    warmup_steps: int = 200             # linear warmup to lr over this many steps
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW's (beta1, beta2)
-    eps: float = 1e-8  # AdamW's epsilon
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    label_smoothing: float = 0.1  # of the training loss (evaluation uses none)
+    eps: float = 1e-8                   # AdamW's epsilon
+    weight_decay: float = 0.0           # AdamW's decoupled weight decay
+    label_smoothing: float = 0.1        # of the training loss (evaluation uses none)
     clip_norm: float = 1.0              # gradient norm clip; 0: none (DeepSpeed's gradient_clipping)
 
     def __post_init__(self) -> None:
@@ -61,16 +61,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/default"  # checkpoints, metrics, results and the export go here
+    run_dir: str = "runs/default"       # checkpoints, metrics, results and the export go here
     ds_config: str = "ds_configs/zero2.json"  # DeepSpeed JSON (ZeRO stage, precision)
-    max_steps: int = 1000  # optimizer steps
+    max_steps: int = 1000               # optimizer steps
     max_minutes: float = 0.0            # wall-clock budget for the training loop; 0: none
     log_every: int = 1                  # metrics.jsonl record every k steps
-    save_every: int = 500  # checkpoint every k steps; 0: only at the end
+    save_every: int = 500               # checkpoint every k steps; 0: only at the end
     keep_last: int = 2                  # newest complete step checkpoints kept
     keep_best: bool = True              # also keep the best one by eval.best_metric, evaluated at the end
     max_nonfinite_steps: int = 5        # stop after this many consecutive steps with a NaN/Inf loss or gradient
-    seed: int = 1  # seed of the model's initialization and the sampler
+    seed: int = 1                       # seed of the model's initialization and the sampler
     threads: int = 0                    # torch threads per process; 0: cores / local processes
     export: bool = True                 # save_pretrained model + tokenizer at the end
     # auto: DeepSpeed's accelerator (cuda where DeepSpeed finds GPUs, cpu under DS_ACCELERATOR=cpu);
@@ -190,8 +190,8 @@ def _check_alpha_min(config: RunConfig, num_tasks: int) -> None:
     if config.cats.enabled and config.cats.method == "cats" and alpha_min * num_tasks > 1 + 1e-9:
         raise ConfigError(f"cats.alpha_min={alpha_min:g} times the {num_tasks} tasks of the data section "
                           f"(data.source={config.data.source}, data.tasks={config.data.tasks}) is "
-                          f"{alpha_min * num_tasks:g} > 1, so no task weights sum to 1; set cats.alpha_min <= "
-                          f"{1 / num_tasks:.6g}")
+                          f"{alpha_min * num_tasks:g} > 1: weights of at least alpha_min cannot sum to 1; "
+                          f"set cats.alpha_min <= {1 / num_tasks:.6g}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -38,7 +38,7 @@ class EvalConfig:
     bleu_during_training: bool = False  # also decode the dev set at each evaluation (slow on CPU)
     test_sentences: int = 200         # per direction decoded for the final BLEU table (0: all)
     beam: int = 1                     # beam width; 1: greedy
-    batch_sentences: int = 64  # sentences per decoding and dev-loss batch
+    batch_sentences: int = 64         # sentences per decoding and dev-loss batch
     max_len_ratio: float = 1.5        # max new tokens = ratio * source length + 10
     # picks the best checkpoint and stops early: dev_loss, dev_loss_low, bleu, bleu_low, bleu_high, chrf or chrf_low
     best_metric: str = "dev_loss"

@@ -41,11 +41,11 @@ class DataConfig:
     low_resource: list[str] = field(default_factory=list)    # tasks reported as low-resource (bible: automatic)
     tasks: Literal["direction", "target", "source"] = "direction"  # one task per direction, target or source
     task_map: dict[str, str] = field(default_factory=dict)   # explicit direction -> task (overrides `tasks`)
-    vocab_size: int = 4000  # sentencepiece vocabulary, shared by all languages
-    tokenizer_temperature: float = 5.0  # languages sampled ~ size^(1/T) for the tokenizer's training text
+    vocab_size: int = 4000                       # sentencepiece vocabulary, shared by all languages
+    tokenizer_temperature: float = 5.0           # languages sampled ~ size^(1/T) for the tokenizer's training text
     tokenizer_sentences: int = 100_000          # temperature-sampled sentences the tokenizer is trained on
     max_len: int = 64                            # tokens per side; longer pairs are dropped and counted
-    seed: int = 1  # seed of the data split and subsampling
+    seed: int = 1                                # seed of the data split and subsampling
     cache_dir: str = ""                          # default $CATS_DS_CACHE or ~/.cache/cats_ds
 
     def __post_init__(self) -> None:
