@@ -237,6 +237,15 @@ def test_alpha_min_is_checked_against_the_tasks_of_a_local_corpus(tmp_path):
     assert load_config(None, ["data.source=local", f"data.local_dir={tmp_path / 'missing'}", "cats.alpha_min=0.4"])
 
 
+def test_a_local_corpus_names_its_low_resource_languages_in_its_manifest(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    local = ["data.source=local", f"data.local_dir={corpus}", "eval.best_metric=dev_loss_low"]
+    with pytest.raises(ConfigError, match=r"eval\.best_metric=dev_loss_low .*data\.low_resource is empty"):
+        load_config(None, local)
+    (corpus / "manifest.json").write_text('{"low_resource": ["es"]}')
+    assert load_config(None, local).eval.best_metric == "dev_loss_low"
+
+
 def test_a_task_map_that_does_not_fit_the_directions_is_refused_at_load():
     with pytest.raises(ConfigError, match=r"data: grouping maps no task for directions de-en"):
         load_config(None, [*HUB, "data.task_map={fr-en: x}"])
