@@ -1,6 +1,8 @@
 """The run configuration: one YAML file per run, each section a typed dataclass, overrides from the CLI.
 
-    python -m cats_ds.train --config cats_ds/configs/bible8_cpu.yaml train.max_steps=100 cats.enabled=false
+    python -m cats_ds.train --config bible8_cpu train.max_steps=100 optim.lr=3e-4 cats.enabled=false
+
+The comment beside each field is that key's meaning in ``--help`` (cats_ds.configio.keys_help).
 
 Sections: data (cats_ds.data.pipeline.DataConfig), model (cats_ds.model.ModelConfig),
 sampling, optim, train (below), eval (cats_ds.evaluate.EvalConfig), cats (cats_ds.cats.CATSConfig).
@@ -8,16 +10,20 @@ sampling, optim, train (below), eval (cats_ds.evaluate.EvalConfig), cats (cats_d
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cats_ds.cats import CATSConfig
-from cats_ds.configio import ConfigError, apply_overrides, from_dict, load_yaml
-from cats_ds.data.pipeline import DataConfig
-from cats_ds.evaluate import EvalConfig
+from cats_ds.configio import ConfigError, apply_overrides, from_dict, keys_help, load_yaml
+from cats_ds.data.pipeline import DataConfig, planned_tasks
+from cats_ds.evaluate import METRICS, EvalConfig
 from cats_ds.model import ModelConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -40,13 +46,13 @@ class SamplingConfig:
 class OptimConfig:
     """AdamW with linear warmup then inverse-square-root decay."""
 
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    clip_norm: float = 1.0              # 0: no clipping (DeepSpeed's gradient_clipping)
+    lr: float = 2e-3                    # peak learning rate
+    warmup_steps: int = 200             # linear warmup to lr over this many steps
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW's (beta1, beta2)
+    eps: float = 1e-8                   # AdamW's epsilon
+    weight_decay: float = 0.0           # AdamW's decoupled weight decay
+    label_smoothing: float = 0.1        # of the training loss (evaluation uses none)
+    clip_norm: float = 1.0              # gradient norm clip; 0: none (DeepSpeed's gradient_clipping)
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:
@@ -55,16 +61,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/default"
-    ds_config: str = "ds_configs/zero2.json"
-    max_steps: int = 1000
+    run_dir: str = "runs/default"       # checkpoints, metrics, results and the export go here
+    ds_config: str = "ds_configs/zero2.json"  # DeepSpeed JSON (ZeRO stage, precision)
+    max_steps: int = 1000               # optimizer steps
     max_minutes: float = 0.0            # wall-clock budget for the training loop; 0: none
     log_every: int = 1                  # metrics.jsonl record every k steps
-    save_every: int = 500
+    save_every: int = 500               # checkpoint every k steps; 0: only at the end
     keep_last: int = 2                  # newest complete step checkpoints kept
     keep_best: bool = True              # also keep the best one by eval.best_metric, evaluated at the end
     max_nonfinite_steps: int = 5        # stop after this many consecutive steps with a NaN/Inf loss or gradient
-    seed: int = 1
+    seed: int = 1                       # seed of the model's initialization and the sampler
     threads: int = 0                    # torch threads per process; 0: cores / local processes
     export: bool = True                 # save_pretrained model + tokenizer at the end
     # auto: DeepSpeed's accelerator (cuda where DeepSpeed finds GPUs, cpu under DS_ACCELERATOR=cpu);
@@ -148,14 +154,95 @@ def check_ranges(section: Any, prefix: str = "") -> None:
                     raise ConfigError(f"{where}: must be a finite number in {NUMERIC_RANGES[key]}, got {number!r}")
 
 
+def check_consistency(config: RunConfig) -> None:
+    """Cross-field checks, run at start before any data is prepared; ConfigError names the keys."""
+    longest_pair = 2 * config.data.max_len   # a kept pair has at most data.max_len tokens a side
+    if config.sampling.max_tokens_per_micro < longest_pair:
+        raise ConfigError(f"sampling.max_tokens_per_micro={config.sampling.max_tokens_per_micro} is smaller than "
+                          f"one longest pair, 2 * data.max_len = {longest_pair} tokens: the sampler could not "
+                          f"place it; raise sampling.max_tokens_per_micro or lower data.max_len")
+    try:
+        plan = planned_tasks(config.data)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    if plan is not None:   # None: a local directory that is missing, which data preparation reports
+        tasks, low = set(plan[0].values()), plan[1]
+        _check_best_metric(config.eval.best_metric, tasks, low)
+        _check_alpha_min(config, len(tasks))
+
+
+def _check_best_metric(metric: str, tasks: set[str], low: set[str]) -> None:
+    group = metric.rpartition("_")[2]
+    if group == "low" and not low:
+        raise ConfigError(f"eval.best_metric={metric} averages the low-resource tasks, but the data section has "
+                          f"none (data.low_resource is empty and the corpus names no low-resource language); "
+                          f"list them in data.low_resource or choose another of {', '.join(METRICS)}")
+    if group == "high" and not tasks - low:
+        raise ConfigError(f"eval.best_metric={metric} averages the high-resource tasks, but every task of the data "
+                          f"section is low-resource ({', '.join(sorted(low))}); check data.low_resource or "
+                          f"choose another of {', '.join(METRICS)}")
+
+
+def _check_alpha_min(config: RunConfig, num_tasks: int) -> None:
+    alpha_min = config.cats.alpha_min
+    # the TaskScaler's floored simplex needs alpha_min * N <= 1 (cats_ds.cats.scaler); it exists only
+    # when CATS itself scales the tasks
+    if config.cats.enabled and config.cats.method == "cats" and alpha_min * num_tasks > 1 + 1e-9:
+        raise ConfigError(f"cats.alpha_min={alpha_min:g} times the {num_tasks} tasks of the data section "
+                          f"(data.source={config.data.source}, data.tasks={config.data.tasks}) is "
+                          f"{alpha_min * num_tasks:g} > 1: weights of at least alpha_min cannot sum to 1; "
+                          f"set cats.alpha_min <= {1 / num_tasks:.6g}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Reads a run config file (or the defaults when ``path`` is None), applies overrides and
-    checks every numeric key's range."""
+    """Reads a run config file (or the defaults when ``path`` is None), applies overrides, checks
+    every numeric key's range and the cross-field rules (check_consistency)."""
     data = load_yaml(Path(path)) if path else {}
-    apply_overrides(data, list(overrides))
+    data = apply_overrides(RunConfig, data, list(overrides))
     try:
         config = from_dict(RunConfig, data)
         check_ranges(config)
+        check_consistency(config)
     except ConfigError as err:
-        raise ConfigError(f"{path or 'defaults'}: {err}") from None
+        raise ConfigError(f"{path or 'defaults'}{' + overrides' if overrides else ''}: {err}") from None
+    return config
+
+
+def config_path(name_or_path: str) -> Path:
+    """A shipped config's file for a NAME (``bible8_cpu``: cats_ds/configs/bible8_cpu.yaml), else the path."""
+    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    shipped = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    if name_or_path not in shipped:
+        nearest = difflib.get_close_matches(name_or_path, shipped, n=1)
+        hint = f"did you mean {nearest[0]}? " if nearest else ""
+        raise ConfigError(f"--config {name_or_path}: no shipped config of that name ({hint}shipped: "
+                          f"{', '.join(shipped)}); give a file as a path (e.g. ./{name_or_path}.yaml)")
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def from_command_line(argv: list[str] | None, prog: str, description: str = "") -> RunConfig:
+    """The run config of ``[--config NAME|PATH] [--print-config] [key.sub=value ...]``. ``--help``
+    lists every key with its default and meaning and exits; ``--print-config`` prints the resolved
+    config as YAML and exits 0, before any data preparation or distributed start; a config error
+    exits 2 with its message. ``--local_rank`` (passed by the deepspeed launcher) is accepted and ignored."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"keys (key=default, meaning):\n{keys_help(RunConfig)}")
+    shipped = ", ".join(sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
+    parser.add_argument("--config", help=f"a shipped config's name ({shipped}) or a YAML file "
+                                          "(default: the defaults below)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="overrides, values written as in YAML (lists: [a, b]): train.max_steps=100 "
+                             "optim.lr=3e-4 cats.enabled=false")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(config_path(args.config) if args.config else None, args.overrides)
+    except ConfigError as err:   # a usage error: the message without a traceback, exit status 2
+        parser.error(str(err))
+    if args.print_config:
+        print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
+        parser.exit(0)
     return config

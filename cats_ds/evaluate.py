@@ -33,17 +33,18 @@ METRICS = {"dev_loss": False, "dev_loss_low": False, "bleu": True, "bleu_low": T
 
 @dataclass
 class EvalConfig:
-    every_steps: int = 0              # 0: only at the end of training
+    every_steps: int = 0              # dev evaluation every k steps; 0: only at the end of training
     dev_sentences: int = 500          # per task, for the dev loss
     bleu_during_training: bool = False  # also decode the dev set at each evaluation (slow on CPU)
     test_sentences: int = 200         # per direction decoded for the final BLEU table (0: all)
-    beam: int = 1                     # 1: greedy
-    batch_sentences: int = 64
+    beam: int = 1                     # beam width; 1: greedy
+    batch_sentences: int = 64         # sentences per decoding and dev-loss batch
     max_len_ratio: float = 1.5        # max new tokens = ratio * source length + 10
+    # picks the best checkpoint and stops early: dev_loss, dev_loss_low, bleu, bleu_low, bleu_high, chrf or chrf_low
     best_metric: str = "dev_loss"
     patience: int = 0                 # evaluations without improvement before stopping; 0: never stop early
+    # sacreBLEU's tokenizer; auto: chosen by the target language
     bleu_tokenizer: Literal["auto", "13a", "flores200", "char", "intl"] = "auto"
-
     def __post_init__(self) -> None:
         if self.best_metric not in METRICS:
             raise ValueError(f"eval.best_metric: unknown {self.best_metric!r}; known: {', '.join(METRICS)}")

@@ -32,14 +32,14 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 class ModelConfig:
     """A model preset plus optional per-field overrides (0 or -1 keeps the preset's value)."""
 
-    preset: str = "cpu"
-    d_model: int = 0
-    encoder_layers: int = 0
-    decoder_layers: int = 0
-    attention_heads: int = 0
-    ffn_dim: int = 0
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
+    preset: str = "cpu"                     # size preset: tiny, cpu, base, big, ... (python -m cats_ds.sizes)
+    d_model: int = 0                        # hidden size; 0 or -1: the preset's
+    encoder_layers: int = 0                 # 0 or -1: the preset's
+    decoder_layers: int = 0                 # 0 or -1: the preset's
+    attention_heads: int = 0                # must divide d_model; 0 or -1: the preset's
+    ffn_dim: int = 0                        # feed-forward size; 0 or -1: the preset's
+    dropout: float = 0.1                    # dropout probability
+    attention_dropout: float = 0.0          # dropout probability on attention weights
     activation_checkpointing: bool = False  # recompute each layer's activations in backward: memory for time
 
     def __post_init__(self) -> None:

@@ -17,7 +17,6 @@ sum_n g_n is exactly the plain gradient of the mean token loss over the global b
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from cats_ds import checkpoint, distributed, placement, rundir
 from cats_ds.cats.hook import CATSHook
-from cats_ds.config import RunConfig, load_config
+from cats_ds.config import RunConfig, from_command_line
 from cats_ds.data import pipeline
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
@@ -200,17 +199,14 @@ def _zero3(engine) -> bool:
 # main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="run config YAML (default: built-in defaults)")
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=100")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None) -> RunConfig:
+    """The run config of the command line (cats_ds.config.from_command_line: --config, --help,
+    --print-config, key.sub=value overrides)."""
+    return from_command_line(argv, prog="python -m cats_ds.train", description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    config = parse_args(argv)
     distributed.init()
     try:
         with rundir.owned(config.train.run_dir):

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from cats_ds.distributed import free_port
@@ -119,6 +120,24 @@ def test_single_plain_process_without_launcher(workspace):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(read_metrics(root / "plain" / "metrics.jsonl", "train")) == 3
     assert "cats" not in read_metrics(root / "plain" / "metrics.jsonl", "train")[-1]
+
+
+def test_print_config_exits_before_data_preparation_and_distributed_start(workspace):
+    root, corpus, cache = workspace
+    config = write_config(root / "print.yaml", corpus, root / "print-run", root / "print-cache")
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(config), "--print-config",
+                             "optim.lr=3e-4"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)      # nothing but the config on stdout: no log of a start
+    assert printed["optim"]["lr"] == 3e-4 and printed["data"]["local_dir"] == str(corpus)
+    assert not (root / "print-cache").exists() and not (root / "print-run").exists()
+
+
+def test_a_config_override_with_a_typo_exits_2_naming_the_nearest_key():
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "train.max_stepz=3"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "did you mean train.max_steps?" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_exported_tokenizer_encodes_as_cats_ds_does(trained):

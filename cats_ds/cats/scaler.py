@@ -133,24 +133,23 @@ class CATSConfig:
     CATS knobs.
     """
 
-    enabled: bool = True
-    method: str = "cats"
-    lr_alpha: float = 0.01
-    lr_lambda: float = 0.1
-    epsilon: float = 1.0
-    epsilon_mode: str = "relative"
-    ema_decay: float = 0.9
-    alpha_min: float = 0.0
-    warmup_steps: int = 0
-    interval: int = 1
-    objective: str = "lookahead"
-    meta_source: str = "dev"
-    gram: str = "full"
-    cosine_every: int = 10
-    buffer_dtype: str = "fp32"
-    meta_tokens_per_task: int = 1000
-    parameterization: str = "scales"
-
+    enabled: bool = True              # false: plain training, every task's scale stays 1
+    method: str = "cats"              # cats, or the gradient-surgery baselines pcgrad or mgda
+    lr_alpha: float = 0.01            # step size of the task weights alpha
+    lr_lambda: float = 0.1            # step size of the curvature multiplier lambda
+    epsilon: float = 1.0              # curvature budget: rho (relative) or eps (absolute)
+    epsilon_mode: str = "relative"    # relative (eps = epsilon * EMA of 1^T G 1) or absolute
+    ema_decay: float = 0.9            # decay of the EMA of 1^T G 1 used by relative epsilon
+    alpha_min: float = 0.0            # floor on each task weight alpha; at most 1 / number of tasks
+    warmup_steps: int = 0             # steps before the first CATS update
+    interval: int = 1                 # update the scales every k steps
+    objective: str = "lookahead"      # lookahead, weighted_loss or robust
+    meta_source: str = "dev"          # where meta losses and gradients come from: dev or train batches
+    gram: str = "full"                # full task Gram matrix or its diagonal
+    cosine_every: int = 10            # log the task-gradient cosine matrix every k steps
+    buffer_dtype: str = "fp32"        # dtype of the per-task gradient buffers: fp32, bf16 or fp16
+    meta_tokens_per_task: int = 1000  # source+target tokens of each task's dev batch, all ranks together
+    parameterization: str = "scales"  # scales (s = N alpha on the mixture) or weights (w = alpha on mean gradients)
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise _config_error("enabled", self.enabled, "a bool")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class DataConfig:
     """Where the parallel data comes from and how it becomes tasks and tokens."""
 
-    source: Literal["bible", "local", "hub"] = "bible"
+    source: Literal["bible", "local", "hub"] = "bible"  # the embedded Bible, a local directory or HF hub
     preset: str = "bible8-related"               # bible: language set (see cats_ds.data.bible)
     direction: Literal["x2en", "en2x"] = "x2en"  # bible: many-to-one or one-to-many
     low_resource_size: int = 1500                # bible: train pairs kept per low-resource language
@@ -41,11 +41,11 @@ class DataConfig:
     low_resource: list[str] = field(default_factory=list)    # tasks reported as low-resource (bible: automatic)
     tasks: Literal["direction", "target", "source"] = "direction"  # one task per direction, target or source
     task_map: dict[str, str] = field(default_factory=dict)   # explicit direction -> task (overrides `tasks`)
-    vocab_size: int = 4000
-    tokenizer_temperature: float = 5.0
+    vocab_size: int = 4000                       # sentencepiece vocabulary, shared by all languages
+    tokenizer_temperature: float = 5.0           # languages sampled ~ size^(1/T) for the tokenizer's training text
     tokenizer_sentences: int = 100_000          # temperature-sampled sentences the tokenizer is trained on
     max_len: int = 64                            # tokens per side; longer pairs are dropped and counted
-    seed: int = 1
+    seed: int = 1                                # seed of the data split and subsampling
     cache_dir: str = ""                          # default $CATS_DS_CACHE or ~/.cache/cats_ds
 
     def __post_init__(self) -> None:
@@ -121,7 +121,7 @@ def prepare(config: DataConfig, threads: int = DEFAULT_THREADS) -> PreparedData:
     accounting = {"train": {t.name: t.counts for t in train}, "valid": {t.name: t.counts for t in valid},
                   "test": {task: pair_counts([b for d, b in test_text.items() if task_of[d.name] == task])
                            for task in names}}
-    low_tasks = _low_resource_tasks(config, corpus_dir, task_of)
+    low_tasks = _low_resource_tasks(config, _manifest_low_languages(corpus_dir), task_of)
     low_directions = {direction for direction, task in task_of.items() if task in low_tasks}
     return PreparedData(tokenizer, tokenizer_path, names, train, valid, valid_text, test_text,
                         low_tasks, low_directions, corpus_dir, accounting)
@@ -185,15 +185,36 @@ def _fingerprint(tokenizer_path: Path, corpus_dir: Path, max_len: int, task_of: 
     return digest.hexdigest()[:16]
 
 
-def _low_resource_tasks(config: DataConfig, corpus_dir: Path, task_of: dict[str, str]) -> set[str]:
-    """Task names to report as low-resource: from the config, else from the Bible manifest."""
+def planned_tasks(config: DataConfig) -> tuple[dict[str, str], set[str]] | None:
+    """The direction -> task map and the low-resource tasks, known before any data is prepared:
+    from the Bible preset, the hub directions, or the file names (and manifest) of the local
+    directory; None when the local directory does not exist (prepare() says so)."""
+    if config.source == "bible":
+        preset = bible.PRESETS[config.preset]
+        directions = [f"{lang}-en" if config.direction == "x2en" else f"en-{lang}" for lang in preset.languages]
+        low_languages = set(preset.low)
+    elif config.source == "hub":
+        directions, low_languages = list(config.hub_directions), set()
+    elif Path(config.local_dir).is_dir():
+        directions = [d.name for d in find_directions(Path(config.local_dir), "train")]
+        low_languages = _manifest_low_languages(Path(config.local_dir))
+    else:
+        return None
+    task_of = group_directions(directions, config.task_map or config.tasks)
+    return task_of, _low_resource_tasks(config, low_languages, task_of)
+
+
+def _manifest_low_languages(corpus_dir: Path) -> set[str]:
+    """The low-resource languages the corpus's manifest names (the Bible corpus writes them)."""
+    manifest = corpus_dir / "manifest.json"
+    return set(json.loads(manifest.read_text()).get("low_resource", [])) if manifest.exists() else set()
+
+
+def _low_resource_tasks(config: DataConfig, low_languages: set[str], task_of: dict[str, str]) -> set[str]:
+    """Task names to report as low-resource: from the config, else those of ``low_languages``."""
     if config.low_resource:
         unknown = set(config.low_resource) - set(task_of.values())
         if unknown:
             raise ValueError(f"data.low_resource: unknown task(s) {sorted(unknown)}; tasks: {sorted(set(task_of.values()))}")
         return set(config.low_resource)
-    manifest = corpus_dir / "manifest.json"
-    if not manifest.exists():
-        return set()
-    low_languages = set(json.loads(manifest.read_text()).get("low_resource", []))
     return {task for direction, task in task_of.items() if low_languages & set(direction.split("-"))}
