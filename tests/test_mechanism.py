@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from cats_ds.cats import CATSConfig, TaskScaler
-from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel, main,
-                               make_problem, per_task_gradients, train)
-from cats_ds.rank_correlation import spearman
+from cats_ds.tools.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel,
+                                     main, make_problem, per_task_gradients, train)
 
 TINY = replace(MechanismConfig(), **QUICK)
 
@@ -105,7 +104,7 @@ def test_quick_benchmark_writes_a_finite_report(tmp_path):
     assert all(math.isfinite(rho) for rho in correlations)
     assert all(math.isfinite(mean) for mean, _ in summary["spearman_within_seed"].values())
     report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.mechanism --quick --seeds 2")
+    assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.tools.mechanism --quick --seeds 2")
     assert all(f"| {name} |" in report for name in HEADLINE_METHODS)
     assert (tmp_path / "low_vs_high.png").stat().st_size > 1000
 
@@ -124,10 +123,3 @@ def test_named_problem_sets_its_fields_and_quick_still_shrinks_it(tmp_path):
 def test_config_errors_name_the_field(key, value):
     with pytest.raises(ValueError, match=rf"MechanismConfig\.{key} must be"):
         MechanismConfig(**{key: value})
-
-
-def test_spearman_uses_average_ranks_for_ties():
-    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
-    # ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4): Pearson of the ranks
-    assert spearman([5, 5, 7, 9], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
