@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from cats_ds.cats import CATSConfig, TaskScaler
 from cats_ds.tools.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel,
-                                     main, make_problem, per_task_gradients, train)
+                                     main, make_problem, per_task_gradients, report_markdown, summarize, train)
 
 TINY = replace(MechanismConfig(), **QUICK)
 
@@ -123,3 +124,23 @@ def test_named_problem_sets_its_fields_and_quick_still_shrinks_it(tmp_path):
 def test_config_errors_name_the_field(key, value):
     with pytest.raises(ValueError, match=rf"MechanismConfig\.{key} must be"):
         MechanismConfig(**{key: value})
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+COMMITTED = sorted(path.parent for path in RESULTS.rglob("mechanism/results.json"))
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda path: str(path.relative_to(RESULTS)))
+def test_committed_reports_regenerate_from_their_saved_runs(committed):
+    """The tables of a committed report (losses, curvature, Spearman correlations) are what its saved
+    runs give; a hand-written reading after them ("## What it shows") is not generated."""
+    saved = json.loads((committed / "results.json").read_text())
+    config = MechanismConfig(**saved["config"])
+    regenerated = report_markdown(saved["command"], config, saved["seeds"], summarize(saved["runs"], config),
+                                  saved["seconds"])
+    tables = (committed / "report.md").read_text().partition("\n## What it shows")[0]
+    assert regenerated[regenerated.index("## Test loss"):].rstrip() == tables[tables.index("## Test loss"):].rstrip()
+
+
+def test_the_committed_reports_are_found():
+    assert {str(path.relative_to(RESULTS)) for path in COMMITTED} >= {"mechanism", "tension_search/mechanism"}
