@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check of the GPU path (cats_ds/gpu_check.py): exactness, throughput and MFU, a
+# One prepared check of the GPU path (cats_ds/tools/gpu_check.py): exactness, throughput and MFU, a
 # short Bible run with evaluation, export, translate and curvature, resume; one report.
 #   launch/gpu_check.sh [--cpu] [--out DIR]     (--cpu: the dry run on the tiny preset)
 # Python: $PYTHON, else .venv/bin/python, else python3. Where DeepSpeed is missing (a bare GPU
@@ -31,4 +31,4 @@ if [ -z "${CATS_DS_CACHE:-}" ] && [ -f "$bundle/data.tar.gz" ]; then
 fi
 case " $* " in *" --cpu "*) export DS_ACCELERATOR=cpu ;; esac
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "$python" -m cats_ds.gpu_check "$@"
+exec "$python" -m cats_ds.tools.gpu_check "$@"

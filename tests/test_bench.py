@@ -1,4 +1,4 @@
-"""The benchmark: a real one-process measurement on the tiny preset against cats_ds.sizes, and its table."""
+"""The benchmark: a real one-process measurement on the tiny preset against cats_ds.tools.sizes, and its table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cats_ds.bench import markdown_table
+from cats_ds.tools.bench import markdown_table
 from cats_ds.model import ModelConfig, estimate_parameters
-from cats_ds.sizes import cats_buffer_bytes
+from cats_ds.tools.sizes import cats_buffer_bytes
 from conftest import run_deepspeed
 
 
@@ -16,7 +16,7 @@ from conftest import run_deepspeed
 def test_zero2_one_rank_buffers_match_the_size_formula(tmp_path):
     out = tmp_path / "bench.json"
     # cats.interval=1: the first step already runs the dev meta pass, so the meta buffer exists
-    result = run_deepspeed(["--module", "cats_ds.bench", "--stage", "2", "--steps", "2", "--warmup", "1",
+    result = run_deepspeed(["--module", "cats_ds.tools.bench", "--stage", "2", "--steps", "2", "--warmup", "1",
                             "--json", str(out), "model.preset=tiny", "cats.interval=1"], processes=1, timeout=300)
     [report] = json.loads(out.read_text())
     params = estimate_parameters(ModelConfig(preset="tiny"), 4000)      # bible8_cpu.yaml's vocabulary

@@ -19,7 +19,6 @@ from cats_ds.data.corpus import (
     remove_manifest_files,
     write_direction,
     write_manifest,
-    write_split,
 )
 from cats_ds.data.languages import KNOWN_LANGUAGES, UnknownLanguageError, check_language
 
@@ -229,7 +228,8 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
         Bitext(FR_EN, ["Caf\u00e9 cr\u00e8me", "deux\tmots", "ligne\nbris\u00e9e"], ["coffee", "two words", "broken line"], "mem"),
         Bitext(Direction("en", "ko"), ["hello"], ["\uc548\ub155"], "mem"),
     ]
-    write_split(tmp_path, "train", bitexts)
+    for bitext in bitexts:
+        write_direction(tmp_path, "train", bitext.direction, zip(bitext.src, bitext.tgt))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.en-ko.tsv", "train.fr-en.tsv"]  # no tmp left
     back = read_split(tmp_path, "train")
     assert back[FR_EN].src == ["Caf\u00e9 cr\u00e8me", "deux mots", "ligne bris\u00e9e"]
@@ -237,7 +237,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     assert back[Direction("en", "ko")].tgt == ["\uc548\ub155"]
     # writing what was read gives the same bytes
     before = (tmp_path / "train.fr-en.tsv").read_bytes()
-    write_split(tmp_path, "train", [back[FR_EN]])
+    write_direction(tmp_path, "train", FR_EN, zip(back[FR_EN].src, back[FR_EN].tgt))
     assert (tmp_path / "train.fr-en.tsv").read_bytes() == before
 
 
@@ -251,9 +251,7 @@ def test_write_drops_empty_pairs_and_refuses_nothing_or_conflicts(tmp_path: Path
     assert not (tmp_path / "valid.fr-en.tsv").exists()
     write_bytes(tmp_path / "test.fr-en.fr", b"a\n")
     with pytest.raises(CorpusError, match="fairseq files exist"):
-        write_split(tmp_path, "test", [Bitext(FR_EN, ["a"], ["b"], "mem")])
-    with pytest.raises(CorpusError, match="given twice"):
-        write_split(tmp_path, "valid", [Bitext(FR_EN, ["a"], ["b"], "m"), Bitext(FR_EN, ["c"], ["d"], "m")])
+        write_direction(tmp_path, "test", FR_EN, [("a", "b")])
 
 
 def test_bitext_lengths_must_match() -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cats_ds.curvature import hessian_vector_product, hutchinson_trace, main, top_eigenvalue
+from cats_ds.tools.curvature import hessian_vector_product, hutchinson_trace, main, top_eigenvalue
 
 
 def quadratic(matrix: torch.Tensor, batches: int = 2):

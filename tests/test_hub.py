@@ -50,14 +50,14 @@ def test_opus_shape_both_directions(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert sorted(manifest["files"]) == sorted(p.name for p in out.glob("*.tsv"))
 
 
-def test_wmt_shape_from_parquet_with_cap(tmp_path: Path) -> None:
+def test_wmt_shape_from_parquet(tmp_path: Path) -> None:
     files = {}
-    for split, n in (("train", 5), ("valid", 2)):
+    for split, n in (("train", 3), ("valid", 2)):
         rows = [{"translation": {"de": f"Satz {i}", "en": f"sentence {i}"}} for i in range(n)]
         files[split] = str(tmp_path / f"wmt.{split}.parquet")
         pq.write_table(pa.Table.from_pylist(rows), files[split])
     spec = HubSpec("parquet", directions=["de-en"], splits=["train", "valid"], data_files=files,
-                   max_pairs=3, cache_dir=str(tmp_path / "hf"))
+                   cache_dir=str(tmp_path / "hf"))
     out = export_hub_corpus(spec, tmp_path / "corpus")
     train = read_split(out, "train")[Direction("de", "en")]
     assert (train.src, train.tgt) == (["Satz 0", "Satz 1", "Satz 2"], ["sentence 0", "sentence 1", "sentence 2"])
@@ -122,7 +122,7 @@ def test_hub_path_picks_configs_and_split_names(tmp_path: Path, monkeypatch: pyt
     calls: list[tuple[str, str | None]] = []
     monkeypatch.setattr(hub.datasets, "load_dataset", fake_hub(calls))
     monkeypatch.setattr(hub.datasets, "get_dataset_config_names",
-                        lambda name, revision=None: ["af-en", "de-en", "en-fr", "en-ja"])
+                        lambda name: ["af-en", "de-en", "en-fr", "en-ja"])
     spec = HubSpec("Helsinki-NLP/opus-100", directions=("fr-en", "de-en", "en-fr"))
     out = export_hub_corpus(spec, tmp_path)
     assert calls == [("Helsinki-NLP/opus-100", "en-fr"), ("Helsinki-NLP/opus-100", "de-en")]
@@ -138,26 +138,26 @@ def test_hub_path_picks_configs_and_split_names(tmp_path: Path, monkeypatch: pyt
 
 def test_hub_split_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub.datasets, "load_dataset", fake_hub([]))
-    spec = HubSpec("wmt/wmt19", directions=("de-en",), configs=("de-en",), splits=("train", "dev2"))
+    monkeypatch.setattr(hub.datasets, "get_dataset_config_names", lambda name: ["de-en", "zh-en"])
+    spec = HubSpec("wmt/wmt19", directions=("de-en",), splits=("train", "dev2"))
     with pytest.raises(HubCorpusError, match=r"wmt/wmt19 config 'de-en': no split for 'dev2'; the dataset has "
                                              r"\['test', 'train', 'validation'\]"):
         export_hub_corpus(spec, tmp_path)
 
 
-def test_spec_validation() -> None:
+def test_config_choice() -> None:
+    fr_en = Direction("fr", "en")
     with pytest.raises(HubCorpusError, match="none of the configs.*fr-en"):
-        HubSpec("wmt/wmt19", directions=("fr-en",), configs=("de-en", "zh-en"))
+        hub._config_for(HubSpec("wmt/wmt19", directions=("fr-en",)), fr_en, ("de-en", "zh-en"))
     with pytest.raises(HubCorpusError, match=r"several \(plain_text, other\)"):
-        HubSpec("ted_multi", directions=("fr-en",), configs=("plain_text", "other"))
-    assert hub._config_for(HubSpec("ted_multi", directions=("fr-en",), configs=("plain_text",)),
-                           Direction("fr", "en"), ("plain_text",)) == "plain_text"
+        hub._config_for(HubSpec("ted_multi", directions=("fr-en",)), fr_en, ("plain_text", "other"))
+    assert hub._config_for(HubSpec("ted_multi", directions=("fr-en",)), fr_en, ("plain_text",)) == "plain_text"
+
+
+def test_spec_validation() -> None:
     with pytest.raises(ValueError, match=r"HubSpec.data_files: no files for split\(s\) \['test'\]"):
         HubSpec("json", directions=("fr-en",), data_files={"train": "a", "valid": "b"})
-    with pytest.raises(ValueError, match="HubSpec.configs: local data_files have no configs"):
-        HubSpec("json", directions=("fr-en",), splits=("train",), data_files={"train": "a"}, configs=("x",))
     with pytest.raises(ValueError, match="HubSpec.directions: expected a sequence"):
         HubSpec("json", directions="fr-en")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"HubSpec.directions\[1\].*'fe'"):
         HubSpec("x", directions=("fr-en", "fe-en"))
-    with pytest.raises(ValueError, match="HubSpec.max_pairs: 0"):
-        HubSpec("x", directions=("fr-en",), max_pairs=0)

@@ -17,7 +17,7 @@ import pytest
 
 from cats_ds.config import load_config
 from cats_ds.distributed import free_port
-from cats_ds.launchcheck import job_line
+from cats_ds.tools.launchcheck import job_line
 from conftest import REPO
 
 SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *(p for p in REPO.glob("launch/slurm/*") if p.suffix != ".jobs")])

@@ -1,4 +1,4 @@
-"""cats_ds.launchcheck: hostfiles, Slurm variables and jobs files are checked before anything starts."""
+"""cats_ds.tools.launchcheck: hostfiles, Slurm variables and jobs files are checked before anything starts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from cats_ds.launchcheck import (Host, LaunchError, check_hostfile, check_slurm_job, expand_nodelist, job_line,
-                                 parse_hostfile, probe_host, slurm_rank_env, slurm_run_dir)
+from cats_ds.tools.launchcheck import (Host, LaunchError, check_hostfile, check_slurm_job, expand_nodelist, job_line,
+                                       parse_hostfile, probe_host, slurm_rank_env, slurm_run_dir)
 from conftest import REPO
 
 # what srun gives task 3 of a 2-node, 2-tasks-per-node step
@@ -69,7 +69,7 @@ def test_unreachable_hosts_are_all_named_with_their_lines(tmp_path):
 def test_probe_resolves_the_name_then_tries_ssh(monkeypatch):
     assert "does not resolve" in probe_host("no-such-host.invalid")
     commands = []
-    monkeypatch.setattr("cats_ds.launchcheck._quiet", lambda command, timeout: commands.append(command[0]) or
+    monkeypatch.setattr("cats_ds.tools.launchcheck._quiet", lambda command, timeout: commands.append(command[0]) or
                         (255 if command[0] == "ssh" else 0))
     assert "'ssh -o BatchMode=yes node7 true' fails" in probe_host("node7")
     assert commands == ["getent", "ssh"]
@@ -149,7 +149,7 @@ def test_bad_job_lines_are_refused_naming_file_and_line(tmp_path, text, index, m
 
 
 def launchcheck(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cats_ds.launchcheck", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cats_ds.tools.launchcheck", *args], capture_output=True, text=True,
                           cwd=REPO, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), **env}, timeout=60)
 
 

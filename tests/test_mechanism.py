@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cats_ds.cats import CATSConfig, TaskScaler
-from cats_ds.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel, main,
-                               make_problem, per_task_gradients, train)
-from cats_ds.rank_correlation import spearman
+from cats_ds.tools.mechanism import (HEADLINE_METHODS, METHODS, PROBLEMS, QUICK, MechanismConfig, SharedTrunkModel,
+                                     main, make_problem, per_task_gradients, report_markdown, summarize, train)
 
 TINY = replace(MechanismConfig(), **QUICK)
 
@@ -105,7 +105,7 @@ def test_quick_benchmark_writes_a_finite_report(tmp_path):
     assert all(math.isfinite(rho) for rho in correlations)
     assert all(math.isfinite(mean) for mean, _ in summary["spearman_within_seed"].values())
     report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.mechanism --quick --seeds 2")
+    assert report.startswith("# CATS mechanism benchmark\n\n```\npython -m cats_ds.tools.mechanism --quick --seeds 2")
     assert all(f"| {name} |" in report for name in HEADLINE_METHODS)
     assert (tmp_path / "low_vs_high.png").stat().st_size > 1000
 
@@ -126,8 +126,21 @@ def test_config_errors_name_the_field(key, value):
         MechanismConfig(**{key: value})
 
 
-def test_spearman_uses_average_ranks_for_ties():
-    assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
-    # ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4): Pearson of the ranks
-    assert spearman([5, 5, 7, 9], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+COMMITTED = sorted(path.parent for path in RESULTS.rglob("mechanism/results.json"))
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda path: str(path.relative_to(RESULTS)))
+def test_committed_reports_regenerate_from_their_saved_runs(committed):
+    """The tables of a committed report (losses, curvature, Spearman correlations) are what its saved
+    runs give; a hand-written reading after them ("## What it shows") is not generated."""
+    saved = json.loads((committed / "results.json").read_text())
+    config = MechanismConfig(**saved["config"])
+    regenerated = report_markdown(saved["command"], config, saved["seeds"], summarize(saved["runs"], config),
+                                  saved["seconds"])
+    tables = (committed / "report.md").read_text().partition("\n## What it shows")[0]
+    assert regenerated[regenerated.index("## Test loss"):].rstrip() == tables[tables.index("## Test loss"):].rstrip()
+
+
+def test_the_committed_reports_are_found():
+    assert {str(path.relative_to(RESULTS)) for path in COMMITTED} >= {"mechanism", "tension_search/mechanism"}

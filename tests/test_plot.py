@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cats_ds.plot import main, plot_run
+from cats_ds.tools.plot import main, plot_run
 
 
 def _write_metrics(run_dir, with_cats: bool) -> None:

@@ -15,7 +15,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
-from cats_ds.curvature import evaluated_tag
+from cats_ds.tools.curvature import evaluated_tag
 from cats_ds.metrics import read_metrics
 from conftest import REPO, needs_fp16, run_deepspeed
 from corpus_fixture import write_config, write_corpus

@@ -1,4 +1,4 @@
-"""Memory formulas of cats_ds.sizes against hand-computed numbers and the ZeRO paper's own example."""
+"""Memory formulas of cats_ds.tools.sizes against hand-computed numbers and the ZeRO paper's own example."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cats_ds.model import PRESETS, ModelConfig
-from cats_ds.sizes import (PRECISIONS, activation_bytes, cats_buffer_bytes, cats_temporary_bytes, main,
-                           model_state_bytes)
+from cats_ds.tools.sizes import (PRECISIONS, activation_bytes, cats_buffer_bytes, cats_temporary_bytes, main,
+                                 model_state_bytes)
 
 FP32, MIXED = PRECISIONS
 
@@ -60,7 +60,7 @@ def test_training_flops_match_torchs_flop_counter_on_a_real_model():
 
     from cats_ds.loss import token_loss
     from cats_ds.model import ModelConfig, build_hf_config, build_model
-    from cats_ds.sizes import training_flops
+    from cats_ds.tools.sizes import training_flops
 
     config, vocab, batch, length = ModelConfig(preset="tiny", d_model=64, ffn_dim=96), 300, 3, 12
     model = build_model(build_hf_config(config, vocab, 32, 1, 0, 2), seed=0)

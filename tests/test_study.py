@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import cats_ds.study as study
-import cats_ds.sweep as sweep
+import cats_ds.tools.study as study
+import cats_ds.tools.sweep as sweep
 from cats_ds.configio import ConfigError
-from cats_ds.study import load_study, main, measure_curvature, run_study, write_report
-from cats_ds.sweep import REPO, emit, plan_jobs, run_all
+from cats_ds.tools.study import load_study, main, measure_curvature, run_study, write_report
+from cats_ds.tools.sweep import REPO, emit, plan_jobs, run_all
 from corpus_fixture import write_config, write_corpus
 
 METHODS = {"T1": ["sampling.temperature=1", "cats.enabled=false"],
@@ -70,7 +71,7 @@ def test_emit_records_data_and_seed_for_the_report(tmp_path, base):
     assert len((out / "jobs.txt").read_text().splitlines()) == 8
     assert json.loads((out / "d_tiny_t300_cats_s2" / "sweep.json").read_text())["seed"] == 2
     assert (out / "study.yaml").read_text() == (tmp_path / "spec.yaml").read_text()
-    assert json.loads((out / "study.json").read_text())["command"].startswith("python -m cats_ds.study emit ")
+    assert json.loads((out / "study.json").read_text())["command"].startswith("python -m cats_ds.tools.study emit ")
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -104,7 +105,7 @@ def test_cli_errors_are_one_line(tmp_path, base):
                          ids=lambda p: p.name)
 def test_every_shipped_spec_plans(tmp_path, spec_path):
     text = spec_path.read_text()
-    assert text.startswith("# ") and "python -m cats_ds.study run" in text and "run time" in text.lower()
+    assert text.startswith("# ") and "python -m cats_ds.tools.study run" in text and "run time" in text.lower()
     spec = load_study(spec_path)
     jobs = plan_jobs(spec, spec_path, tmp_path / "study")       # loads every job's config
     assert len({j.name for j in jobs}) == len(jobs) > 1
@@ -191,7 +192,7 @@ def test_curvature_is_measured_once_for_finished_runs(tmp_path, base, monkeypatc
     monkeypatch.setattr(study, "run_logged", fake)
     measure_curvature(spec, jobs)
     assert sorted(Path(c[3]).name for c in commands) == sorted(j.name for j in jobs[1:3])
-    assert commands[0][1:3] == ["-m", "cats_ds.curvature"]
+    assert commands[0][1:3] == ["-m", "cats_ds.tools.curvature"]
     assert commands[0][4:] == ["--iterations", "3", "--batches", "1", "--batch-sentences", "4", "--seed", "0",
                                "--trace-samples", "2"]
 
@@ -253,7 +254,7 @@ def test_report_numbers(synthetic_study):
     out = synthetic_study
     main(["report", str(out), "--no-curvature"])
     text = (out / "report.md").read_text()
-    assert f"by `python -m cats_ds.study report {out} --no-curvature`" in text
+    assert f"by `python -m cats_ds.tools.study report {out} --no-curvature`" in text
     assert "- d_tiny_t300_tuned_cats_s2: started, no results.json" in text
     assert "Runs: 7 of 8 finished." in text
     assert "tiny (d_model 32, layers 1+1, heads 2, ffn 64): 12,345 parameters" in text
@@ -378,3 +379,25 @@ def test_mini_study_trains_measures_curvature_and_reports(tmp_path, monkeypatch)
     assert "Runs: 2 of 2 finished." in text and "| cats | 1 |" in text
     assert {p.name for p in (out / "plots").glob("*.png")} == {"tiny_t300_bleu.png", "tiny_t300_curvature.png",
                                                               "tiny_t300_scales.png"}
+
+
+COMMITTED_STUDIES = sorted(path.parent for path in (REPO / "docs" / "results").rglob("study.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("committed", COMMITTED_STUDIES, ids=lambda path: str(path.relative_to(REPO)))
+def test_committed_reports_regenerate_from_their_saved_runs(committed, tmp_path):
+    """A committed report is what ``study report`` writes from the committed runs, line for line but
+    for when and by which command it was written."""
+    expected = (committed / "report.md").read_text().splitlines()
+    if any(line.startswith("Unfinished runs") for line in expected):
+        pytest.skip("unfinished runs keep their directories out of the repository, so their status differs")
+    out = tmp_path / committed.name
+    shutil.copytree(committed, out, ignore=shutil.ignore_patterns("report.md", "plots"))
+    regenerated = write_report(out, "test").read_text().splitlines()
+    assert expected[2].startswith("Written ") and regenerated[2].startswith("Written ")
+    assert regenerated[:2] + regenerated[3:] == expected[:2] + expected[3:]
+
+
+def test_the_committed_studies_are_found():
+    assert {"study_related_x2en_cpu", "study_related_x2en_cpu_1700"} <= {path.name for path in COMMITTED_STUDIES}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cats_ds.configio import ConfigError
-from cats_ds.sweep import REPO, Job, collect, emit, job_command, load_spec, main, run
+from cats_ds.tools.sweep import REPO, Job, collect, emit, job_command, load_spec, main, run
 from corpus_fixture import write_config, write_corpus
 
 

@@ -101,7 +101,7 @@ class CATSConfig:
       are O(1) per task and alpha moves about lr_alpha * (spread of the
       gradient entries) per update: 0.1 to 1 of probability mass within 100
       updates, clearly visible for N up to a few tens. Stability of the
-      curvature term needs roughly lr_alpha * lambda * 2N * (largest
+      constraint term needs roughly lr_alpha * lambda * 2N * (largest
       eigenvalue of G / eps) < 2; for uncorrelated tasks that is
       lr_alpha < 1 / (lambda * N), so lower lr_alpha for N >> 50.
     - ``lr_lambda = 0.1``: c is a relative excess (c = 0.1 means 10% sharper

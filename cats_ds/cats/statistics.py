@@ -2,7 +2,7 @@
 
 The trainer applies it to this rank's slice of the ZeRO partition buffers and all-reduces the
 result (cats_ds/cats/zero.py); the float64 dense reference (tests/dist/cats_exactness.py)
-applies it to whole gradients, and the mechanism benchmark (cats_ds/mechanism.py) to its toy's
+applies it to whole gradients, and the mechanism benchmark (cats_ds/tools/mechanism.py) to its toy's
 per-task gradients. All then feed the same scaler.
 """
 

@@ -288,16 +288,6 @@ def _append_pair(
         dropped.append(lineno)
 
 
-def write_split(root: Path, split: str, bitexts: Iterable[Bitext]) -> None:
-    """Write each bitext to {root}/{split}.{src}-{tgt}.tsv, atomically (see write_direction)."""
-    written: set[Direction] = set()
-    for bitext in bitexts:
-        if bitext.direction in written:
-            raise CorpusError(f"{bitext.origin}: direction {bitext.direction.name} given twice for {split}")
-        write_direction(root, split, bitext.direction, zip(bitext.src, bitext.tgt))
-        written.add(bitext.direction)
-
-
 def write_direction(
     root: Path, split: str, direction: Direction, pairs: Iterable[tuple[str, str]]
 ) -> int:

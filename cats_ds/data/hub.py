@@ -15,7 +15,6 @@ in memory as Python lists.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,50 +54,40 @@ class HubSpec:
 
     dataset: a hub id ("Helsinki-NLP/opus-100", "wmt/wmt19", "ted_multi") or,
         with data_files, a builder name ("json", "parquet").
-    directions: "src-tgt" strings in our language codes.
-    configs: hub configs. Each direction uses the config named after its two
-        languages ("en-fr" serves fr-en and en-fr), else the only config with
-        another name ("plain_text"). Empty: the dataset's own config list
-        (datasets.get_dataset_config_names), or none for local files.
+    directions: "src-tgt" strings in our language codes. Each direction is read
+        from the hub config named after its two languages ("en-fr" serves fr-en
+        and en-fr), else from the only config with another name ("plain_text"),
+        among the dataset's configs (datasets.get_dataset_config_names; none
+        for local files).
     splits: local split names to export; "valid" is read from the dataset's
         "validation" (or "valid", "dev") split.
     data_files: local split name -> file(s), for local json/parquet files.
     language_codes: our code -> the code in the records, e.g. {"pt": "pt-br"}.
-    max_pairs: keep at most this many pairs per split and direction (the first ones).
     """
 
     dataset: str
     directions: tuple[str, ...]
-    configs: tuple[str, ...] = ()
     splits: tuple[str, ...] = ("train", "valid", "test")
     data_files: Mapping[str, str | Sequence[str]] | None = None
     language_codes: Mapping[str, str] = field(default_factory=dict)
-    revision: str | None = None
     cache_dir: str | None = None
-    max_pairs: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("directions", "configs", "splits"):
+        for name in ("directions", "splits"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ValueError(f"HubSpec.{name}: expected a sequence of strings, got the string {value!r}")
             object.__setattr__(self, name, tuple(value))
         if not self.dataset:
             raise ValueError("HubSpec.dataset: empty")
-        if not self.directions:
+        if not self.parsed_directions:      # parsing fails now on a malformed direction, not after downloading
             raise ValueError("HubSpec.directions: empty")
         if not self.splits:
             raise ValueError("HubSpec.splits: empty")
-        if self.data_files is not None and self.configs:
-            raise ValueError("HubSpec.configs: local data_files have no configs; leave configs empty")
         if self.data_files is not None:
             missing = [split for split in self.splits if split not in self.data_files]
             if missing:
                 raise ValueError(f"HubSpec.data_files: no files for split(s) {missing}")
-        if self.max_pairs is not None and self.max_pairs < 1:
-            raise ValueError(f"HubSpec.max_pairs: {self.max_pairs} is not a positive number of pairs (or None)")
-        for direction in self.parsed_directions:
-            _config_for(self, direction, self.configs)  # fail now, not after downloading a config
 
     @property
     def parsed_directions(self) -> tuple[Direction, ...]:
@@ -120,7 +109,7 @@ def _config_for(spec: HubSpec, direction: Direction, configs: Sequence[str]) -> 
         found = "none" if not matching else f"several ({', '.join(matching)})"
         raise HubCorpusError(
             f"{spec.dataset}: {found} of the configs {list(configs)} serve direction {direction.name}; "
-            "name exactly one config per language pair in HubSpec.configs"
+            "a direction needs exactly one config named after its language pair (or one config in all)"
         )
     return matching[0]
 
@@ -144,7 +133,7 @@ def export_hub_corpus(spec: HubSpec, out_dir: Path) -> Path:
     if (out_dir / MANIFEST_NAME).exists():
         logger.warning("%s: exported with another spec; rebuilding it", out_dir)
     remove_manifest_files(out_dir)
-    configs = spec.configs or _available_configs(spec)
+    configs = _available_configs(spec)
     by_config: dict[str | None, list[Direction]] = {}
     for direction in spec.parsed_directions:
         by_config.setdefault(_config_for(spec, direction, configs), []).append(direction)
@@ -155,8 +144,8 @@ def export_hub_corpus(spec: HubSpec, out_dir: Path) -> Path:
             dataset = _pick_split(loaded, split, _describe(spec, config))
             for direction in directions:
                 where = f"{_describe(spec, config)} split {split!r}"
-                pairs = itertools.islice(_pairs(dataset, direction, spec, where), spec.max_pairs)
-                counts[split][direction.name] = write_direction(out_dir, split, direction, pairs)
+                counts[split][direction.name] = write_direction(out_dir, split, direction,
+                                                                 _pairs(dataset, direction, spec, where))
                 logger.info("%s: wrote %d %s pairs", where, counts[split][direction.name], direction.name)
     write_manifest(out_dir, {
         "params": params,
@@ -190,7 +179,7 @@ def _available_configs(spec: HubSpec) -> tuple[str, ...]:
     """The hub dataset's configs (none for local files), to pick one per direction."""
     if spec.data_files is not None:
         return ()
-    return tuple(datasets.get_dataset_config_names(spec.dataset, revision=spec.revision))
+    return tuple(datasets.get_dataset_config_names(spec.dataset))
 
 
 def _describe(spec: HubSpec, config: str | None) -> str:
@@ -203,7 +192,7 @@ def _load(spec: HubSpec, config: str | None) -> datasets.DatasetDict:
     if spec.data_files is not None:
         data_files = {split: _as_list(spec.data_files[split]) for split in spec.splits}
     loaded = datasets.load_dataset(
-        spec.dataset, name=config, data_files=data_files, revision=spec.revision, cache_dir=spec.cache_dir
+        spec.dataset, name=config, data_files=data_files, cache_dir=spec.cache_dir
     )
     if not isinstance(loaded, datasets.DatasetDict):
         raise HubCorpusError(f"{_describe(spec, config)}: expected a dataset with named splits")

@@ -128,7 +128,6 @@ class LanguageSyncSampler:
         self._step = 0
         self._epochs = [0] * len(self._lengths)
         self._cursors = [0] * len(self._lengths)
-        self._tokens_taken = [0] * len(self._lengths)
         self._shards: list[np.ndarray] = []
         self._shard_costs: list[np.ndarray] = []
         for task in range(len(self._lengths)):
@@ -141,30 +140,14 @@ class LanguageSyncSampler:
         """Optimizer steps planned so far."""
         return self._step
 
-    @property
-    def micro_steps_per_step(self) -> int:
-        """sum(m_n): forward/backward passes per optimizer step on every rank."""
-        return sum(self.micro_steps)
-
     def next_step(self) -> list[Window]:
         """The plan of the next optimizer step for this rank: one window per task, tasks 0..N-1."""
         windows = []
         for task, (m, cap) in enumerate(zip(self.micro_steps, self.micro_token_caps)):
             batches, costs = zip(*(self._take(task, cap) for _ in range(m)))
             windows.append(Window(task=task, micro_batches=list(batches), micro_tokens=list(costs)))
-            self._tokens_taken[task] += sum(costs)
         self._step += 1
         return windows
-
-    def realized_token_share(self) -> np.ndarray:
-        """Each task's share of the tokens this rank was given so far (zeros before the first step).
-
-        Shares of all ranks together: all-reduce the token counts, i.e.
-        ``realized_token_share() * this rank's total`` summed over ranks.
-        """
-        taken = np.asarray(self._tokens_taken, dtype=np.float64)
-        total = taken.sum()
-        return taken / total if total else taken
 
     def state_dict(self) -> dict:
         return {
@@ -172,7 +155,6 @@ class LanguageSyncSampler:
             "step": self._step,
             "epochs": list(self._epochs),
             "cursors": list(self._cursors),
-            "tokens_taken": list(self._tokens_taken),
             "stream": self._stream_identity(),
         }
 
@@ -181,11 +163,11 @@ class LanguageSyncSampler:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"sampler state version {state.get('version')!r}, expected {_STATE_VERSION}")
         self._check_same_streams(state["stream"])
-        for key in ("epochs", "cursors", "tokens_taken"):
+        # states saved before the sampler stopped counting its tokens also hold "tokens_taken": ignored
+        for key in ("epochs", "cursors"):
             if len(state[key]) != len(self._lengths):
                 raise ValueError(f"sampler state {key!r} has {len(state[key])} tasks, expected {len(self._lengths)}")
         self._step = int(state["step"])
-        self._tokens_taken = [int(tokens) for tokens in state["tokens_taken"]]
         for task, (epoch, cursor) in enumerate(zip(state["epochs"], state["cursors"])):
             self._start_epoch(task, int(epoch))
             if not 0 <= cursor <= len(self._shards[task]):
@@ -281,16 +263,14 @@ def reshard_states(states: Sequence[dict], world_size: int) -> list[dict]:
     old_world = len(states)
     identity = states[0]["stream"]
     sort_block, sizes = identity["sort_block"], identity["task_sizes"]
-    new_states = [{**states[0], "epochs": [], "cursors": [], "tokens_taken": [],
+    new_states = [{"version": states[0]["version"], "step": states[0]["step"], "epochs": [], "cursors": [],
                    "stream": {**identity, "rank": rank, "world_size": world_size}} for rank in range(world_size)]
     for task, size in enumerate(sizes):
         epoch, start = _first_unconsumed(states, task, size, old_world, sort_block)
         start -= start % (sort_block * world_size)
-        taken = sum(int(state["tokens_taken"][task]) for state in states) // world_size
         for state in new_states:
             state["epochs"].append(epoch)
             state["cursors"].append(start // world_size)
-            state["tokens_taken"].append(taken)
     return new_states
 
 

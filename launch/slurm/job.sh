@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The body of train.sbatch and array.sbatch: one training run on the job's allocation.
 #   bash launch/slurm/job.sh CONFIG.yaml [key.sub=value ...]   (in a Slurm batch job, repository root)
-# srun starts one process per rank; cats_ds.launchcheck turns each task's SLURM_* variables into
+# srun starts one process per rank; cats_ds.tools.launchcheck turns each task's SLURM_* variables into
 # RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_SIZE, MASTER_ADDR and MASTER_PORT for torch.distributed.
 # The run directory is runs/slurm-JOBID (runs/slurm-ARRAYJOBID_TASKID for an array task) unless
 # the overrides set train.run_dir; a requeued job keeps its id, so it resumes from the last
@@ -12,7 +12,7 @@ source launch/env.sh
 if [ $# -lt 1 ]; then echo "usage: sbatch launch/slurm/train.sbatch CONFIG.yaml [key.sub=value ...]" >&2; exit 2; fi
 config="$1"; shift
 [ -f "$config" ] || { echo "$0: config file $config not found in $PWD" >&2; exit 2; }
-run_dir=$(.venv/bin/python -m cats_ds.launchcheck slurm-job)
+run_dir=$(.venv/bin/python -m cats_ds.tools.launchcheck slurm-job)
 echo "job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (restart ${SLURM_RESTART_COUNT:-0}): run directory $run_dir"
 
 requeue=false
@@ -24,7 +24,7 @@ forward_usr1() {
 }
 trap forward_usr1 USR1
 # train.run_dir before the user's overrides: the last value of a key wins
-srun --kill-on-bad-exit=1 .venv/bin/python -m cats_ds.launchcheck slurm-exec \
+srun --kill-on-bad-exit=1 .venv/bin/python -m cats_ds.tools.launchcheck slurm-exec \
   .venv/bin/python -m cats_ds.train --config "$config" "train.run_dir=$run_dir" "$@" &
 srun_pid=$!
 # a trapped signal ends wait early: wait again until srun has exited

@@ -1,4 +1,4 @@
-"""The search behind `--problem tension` of cats_ds.mechanism: a temperature sweep of the toy.
+"""The search behind `--problem tension` of cats_ds.tools.mechanism: a temperature sweep of the toy.
 
     python docs/results/tension_search/toy_sweep.py PROBLEMS TEMPERATURES [SEEDS]
 
@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 import numpy as np
 import torch
-from cats_ds.mechanism import MechanismConfig, Method, make_problem, train, task_loss
+from cats_ds.tools.mechanism import MechanismConfig, Method, make_problem, train, task_loss
 
 torch.set_num_threads(1)
 grid = json.loads(sys.argv[1])          # list of override dicts

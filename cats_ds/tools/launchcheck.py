@@ -1,9 +1,9 @@
 """Checks run by the launch scripts before any process starts; each refusal says what to change.
 
-    python -m cats_ds.launchcheck hostfile HOSTFILE        # launch/multinode.sh
-    python -m cats_ds.launchcheck slurm-job                 # launch/slurm/job.sh: prints the run directory
-    python -m cats_ds.launchcheck slurm-exec CMD [ARG ...]  # in a Slurm task: RANK etc. from SLURM_*, exec CMD
-    python -m cats_ds.launchcheck job-line JOBS_FILE        # array.sbatch: line SLURM_ARRAY_TASK_ID+1, a word a line
+    python -m cats_ds.tools.launchcheck hostfile HOSTFILE        # launch/multinode.sh
+    python -m cats_ds.tools.launchcheck slurm-job                 # launch/slurm/job.sh: prints the run directory
+    python -m cats_ds.tools.launchcheck slurm-exec CMD [ARG ...]  # in a Slurm task: RANK etc. from SLURM_*, exec CMD
+    python -m cats_ds.tools.launchcheck job-line JOBS_FILE        # array.sbatch: line SLURM_ARRAY_TASK_ID+1, word by word
 
 Standard library only, so that a check costs no torch import.
 """

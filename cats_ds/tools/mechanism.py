@@ -1,6 +1,6 @@
 """A fast mechanism benchmark for CATS ablations: a synthetic imbalanced multi-task problem on CPU.
 
-    python -m cats_ds.mechanism [--seeds 3] [--steps N] [--methods T1 cats-lookahead-dev ...]
+    python -m cats_ds.tools.mechanism [--seeds 3] [--steps N] [--methods T1 cats-lookahead-dev ...]
                                 [--problem default|tension] [--out DIR] [--threads 1] [--quick]
 
 The problem: tasks share a rule (a random teacher network) plus a task-specific perturbation
@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
 
 from cats_ds.cats import CATSConfig, GradientSurgery, TaskScaler
 from cats_ds.cats.statistics import gram_and_dots
-from cats_ds.curvature import hessian_vector_product, hutchinson_trace, top_eigenvalue
 from cats_ds.data.sampler import temperature_probs
-from cats_ds.rank_correlation import spearman
+from cats_ds.tools.curvature import hessian_vector_product, hutchinson_trace, top_eigenvalue
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -510,7 +510,8 @@ def summarize(runs: list[dict[str, Any]], config: MechanismConfig) -> dict[str, 
 def correlations(runs: list[dict[str, float]]) -> dict[str, float]:
     """Spearman rho of each measure with the low-resource test loss over the given runs."""
     low_test = [v["low_test"] for v in runs]
-    return {key: spearman([v[key] for v in runs], low_test) for key in ("low_train", *CURVATURE_MEASURES)}
+    return {key: float(spearmanr([v[key] for v in runs], low_test).statistic)
+            for key in ("low_train", *CURVATURE_MEASURES)}
 
 
 def within_seed_correlations(per_seed: dict[str, dict[int, dict]]) -> dict[str, tuple[float, float]]:
@@ -668,7 +669,7 @@ def _without_nan(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.mechanism", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.mechanism", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds: runs seeds 0 .. SEEDS-1")
     parser.add_argument("--steps", type=int, help=f"optimizer steps (default {MechanismConfig.steps})")
@@ -687,7 +688,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = replace(MechanismConfig(), **{**PROBLEMS[args.problem], **(QUICK if args.quick else {})})
     if args.steps is not None:
         config = replace(config, steps=args.steps)
-    command = "python -m cats_ds.mechanism " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m cats_ds.tools.mechanism " + shlex.join(sys.argv[1:] if argv is None else argv)
     return run_benchmark(config, args.methods, list(range(args.seeds)), args.out, command)
 
 

@@ -1,15 +1,15 @@
 """Studies: a sweep of methods over data variants, model sizes, batch sizes and seeds, with a report.
 
-    python -m cats_ds.study run SPEC.yaml --out DIR     # emit, train the missing runs here, curvature, report
-    python -m cats_ds.study emit SPEC.yaml --out DIR    # DIR/jobs.txt for launch/slurm/array.sbatch
-    python -m cats_ds.study report DIR [--no-curvature] # curvature of finished runs lacking it, DIR/report.md
+    python -m cats_ds.tools.study run SPEC.yaml --out DIR     # emit, train the missing runs here, curvature, report
+    python -m cats_ds.tools.study emit SPEC.yaml --out DIR    # DIR/jobs.txt for launch/slurm/array.sbatch
+    python -m cats_ds.tools.study report DIR [--no-curvature] # curvature of finished runs lacking it, DIR/report.md
 
-A study spec is a sweep spec (cats_ds.sweep: jobs, job names, the jobs file, the learning-rate
+A study spec is a sweep spec (cats_ds.tools.sweep: jobs, job names, the jobs file, the learning-rate
 rule, ``data`` variants, ``seeds``, ``parallel``) plus:
 
     baselines: [T1, T5, T100]     # methods that are temperature baselines (required)
     tuned: []                     # methods whose overrides were tuned: labelled "tuned" in the report
-    curvature:                    # python -m cats_ds.curvature on every finished run
+    curvature:                    # python -m cats_ds.tools.curvature on every finished run
       enabled: true
       iterations: 20              # Hessian-vector products per task (power iteration)
       batches: 2                  # dev batches per task
@@ -54,14 +54,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
 from cats_ds.config import load_config  # noqa: E402
 from cats_ds.configio import ConfigError  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS, ModelConfig, estimate_parameters  # noqa: E402
-from cats_ds.rank_correlation import spearman  # noqa: E402
-from cats_ds.sweep import (JOBS_FILE, REPO, Job, SweepSpec, add_spec_commands, emit, finished,  # noqa: E402
-                           load_spec, plan_jobs, run, run_all, run_logged)
+from cats_ds.tools.sweep import (JOBS_FILE, REPO, Job, SweepSpec, add_spec_commands, emit, finished,  # noqa: E402
+                                 load_spec, plan_jobs, run, run_all, run_logged)
 
 STUDY_SPEC, STUDY_INFO, REPORT, CURVATURE = "study.yaml", "study.json", "report.md", "curvature.json"
 
@@ -139,7 +139,7 @@ def run_study(spec_path: Path, out: Path, command: str) -> Path:
 
 
 def measure_curvature(spec: StudySpec, jobs: list[Job]) -> None:
-    """python -m cats_ds.curvature on every finished run without curvature.json, parallel at a time."""
+    """python -m cats_ds.tools.curvature on every finished run without curvature.json, parallel at a time."""
     if not spec.curvature.enabled:
         return
     pending = [job for job in jobs if finished(job) and not (job.run_dir / CURVATURE).exists()]
@@ -151,7 +151,7 @@ def measure_curvature(spec: StudySpec, jobs: list[Job]) -> None:
 
 def curvature_job(job: Job, settings: CurvatureSettings, threads: str) -> str | None:
     log_path = job.run_dir / "curvature.log"
-    command = [sys.executable, "-m", "cats_ds.curvature", str(job.run_dir), *settings.arguments()]
+    command = [sys.executable, "-m", "cats_ds.tools.curvature", str(job.run_dir), *settings.arguments()]
     code = run_logged(command, log_path, {"OMP_NUM_THREADS": threads})
     if code != 0 or not (job.run_dir / CURVATURE).exists():
         return f"curvature of {job.name} failed with exit code {code}; see {log_path}"
@@ -395,8 +395,8 @@ def curvature_correlations(group: Group) -> list[str]:
         if any(math.isnan(v) for v in low):
             lines.append(f"- {title}: not measured in every run.")
             continue
-        lines.append(f"- {title}: ρ {spearman(low, dev):+.2f} with low-resource dev loss, "
-                     f"{spearman(low, bleu):+.2f} with low-resource test BLEU.")
+        lines.append(f"- {title}: ρ {spearmanr(low, dev).statistic:+.2f} with low-resource dev loss, "
+                     f"{spearmanr(low, bleu).statistic:+.2f} with low-resource test BLEU.")
     return lines
 
 
@@ -564,7 +564,7 @@ def what_was_run(spec: StudySpec, jobs: list[Job], runs: list[RunData]) -> list[
             "- Presets: " + "; ".join(_preset_line(p, configs, runs) for p in spec.presets),
             "- Tokens per step: " + "; ".join(sorted({f"{j.tokens_per_step} (optim.lr={j.lr:g})" for j in jobs},
                                                      key=lambda s: int(s.split()[0])))
-            + f"; learning-rate rule `{spec.lr_rule}` (cats_ds.sweep)",
+            + f"; learning-rate rule `{spec.lr_rule}` (cats_ds.tools.sweep)",
             f"- Steps: train.max_steps={_set(c.train.max_steps for c in configs)}, "
             f"train.max_minutes={_set(c.train.max_minutes for c in configs)}; finished runs stopped at step(s) "
             f"{', '.join(map(str, steps)) or '—'}; test sentences per direction: "
@@ -670,7 +670,7 @@ def _relative(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_spec_commands(commands, "study")
@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> None:
     report.add_argument("out", type=Path)
     report.add_argument("--no-curvature", action="store_true", help="do not measure missing curvature first")
     args = parser.parse_args(argv)
-    command = "python -m cats_ds.study " + shlex.join(argv)
+    command = "python -m cats_ds.tools.study " + shlex.join(argv)
     try:
         _dispatch(args, command)
     except ConfigError as err:
@@ -689,7 +689,8 @@ def _dispatch(args, command: str) -> None:
     if args.command == "emit":
         jobs = emit_study(args.spec, args.out, command)
         print(f"{len(jobs)} jobs in {args.out / JOBS_FILE}\nslurm: sbatch --array=0-{len(jobs) - 1}%4 "
-              f"launch/slurm/array.sbatch {args.out / JOBS_FILE}\nthen: python -m cats_ds.study report {args.out}")
+              f"launch/slurm/array.sbatch {args.out / JOBS_FILE}\n"
+              f"then: python -m cats_ds.tools.study report {args.out}")
     elif args.command == "run":
         print(f"report: {run_study(args.spec, args.out, command)}")
     else:

@@ -1,7 +1,7 @@
 """One prepared check of the GPU path, writing one report (report.md and report.json).
 
     bash launch/gpu_check.sh [--cpu] [--out DIR]      # installs carried wheels where DeepSpeed is missing
-    python -m cats_ds.gpu_check [--cpu] [--out DIR]
+    python -m cats_ds.tools.gpu_check [--cpu] [--out DIR]
 
 Steps, each run as its own process the way a user runs it (logs in DIR/logs/):
   environment  - Python, torch, CUDA, DeepSpeed and transformers versions, the device, and its
@@ -9,12 +9,12 @@ Steps, each run as its own process the way a user runs it (logs in DIR/logs/):
   exactness    - tests/dist/cats_exactness.py at world size 1: scales fixed at 1 equal plain
                  training and CATS matches the float64 dense reference on ZeRO 1, 2 and 3 (fp32),
                  and CATS's first Gram matrix under bf16 (ZeRO 1, 2, 3) and fp16 within 5% of it;
-  throughput   - cats_ds.bench (plain and CATS on the same batches) for ZeRO 1/2/3 and, on the
+  throughput   - cats_ds.tools.bench (plain and CATS on the same batches) for ZeRO 1/2/3 and, on the
                  big preset, ZeRO-2: tokens/s, step time, peak memory, model FLOP utilization,
                  the CATS/plain ratio and CATS's buffers against N x the partition;
   bible        - a short Bible run with evaluation and export, its per-language table;
   translate    - cats_ds.translate on the export, against the run's own test hypotheses;
-  curvature    - cats_ds.curvature on the run;
+  curvature    - cats_ds.tools.curvature on the run;
   resume       - a run stopped half-way and resumed against the uninterrupted run.
 A GPU step never runs two ranks: NCCL cannot put two ranks on one GPU, so the 2-rank
 exactness stays with the CPU test suite. ``--cpu`` is the dry run of the same steps on the
@@ -38,7 +38,7 @@ from pathlib import Path
 from cats_ds.config import load_config
 from cats_ds.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXACTNESS_TOLERANCE = 1e-5     # fp32 against the float64 reference (as tests/test_cats_zero.py)
 LOW_PRECISION_TOLERANCE = 0.05  # bf16/fp16: the first step's Gram matrix, relative (as the CPU test)
 RATIO_TARGET = 1.05            # CATS/plain step time on ZeRO-2
@@ -53,11 +53,11 @@ class Profile:
     device: str                     # for translate and curvature
     bench_config: str
     bench_runs: tuple[tuple[int, tuple[str, ...]], ...]   # (ZeRO stage, overrides), one launch each
-    bench_args: tuple[str, ...]     # cats_ds.bench options: timed steps, warmup
+    bench_args: tuple[str, ...]     # cats_ds.tools.bench options: timed steps, warmup
     bible: tuple[str, ...]          # cats_ds.train arguments
     resume: tuple[str, ...]         # cats_ds.train arguments of the tiny resume runs
     resume_steps: int
-    curvature: tuple[str, ...]      # cats_ds.curvature options
+    curvature: tuple[str, ...]      # cats_ds.tools.curvature options
     low_precision: tuple[str, ...]  # DeepSpeed JSONs whose first CATS Gram matrix is held to the reference
     env: dict = field(default_factory=dict)
 
@@ -137,7 +137,7 @@ class Runner:
 
 def environment(runner: Runner) -> tuple[bool, dict, list[str]]:
     code = ("import json, platform, torch, deepspeed, transformers\n"
-            "from cats_ds.gpu_check import matrix_tflops\n"
+            "from cats_ds.tools.gpu_check import matrix_tflops\n"
             "from cats_ds import placement\n"
             "cuda = torch.cuda.is_available() and placement.on_gpu()\n"
             "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__,"
@@ -199,7 +199,7 @@ def throughput(runner: Runner, peak_tflops: float) -> tuple[bool, dict, list[str
     profile, rows, notes, passed = runner.profile, [], [], True
     for index, (stage, overrides) in enumerate(profile.bench_runs):
         out = runner.out / f"bench_{index}.json"
-        runner.command(f"bench_{index}", ["-m", "cats_ds.bench", "--config", profile.bench_config, "--stage",
+        runner.command(f"bench_{index}", ["-m", "cats_ds.tools.bench", "--config", profile.bench_config, "--stage",
                                           str(stage), "--precision", "bf16", *profile.bench_args,
                                           "--peak-tflops", str(peak_tflops), "--json", str(out), *overrides])
         row = {**json.loads(out.read_text())[0], "overrides": list(overrides)}
@@ -261,7 +261,7 @@ def test_sources(run_dir: Path, direction: str, count: int = 16) -> list[str]:
 
 def curvature(runner: Runner) -> tuple[bool, dict, list[str]]:
     run_dir = runner.out / "bible"
-    runner.command("curvature", ["-m", "cats_ds.curvature", str(run_dir), "--device", runner.profile.device,
+    runner.command("curvature", ["-m", "cats_ds.tools.curvature", str(run_dir), "--device", runner.profile.device,
                                  *runner.profile.curvature])
     result = json.loads((run_dir / "curvature.json").read_text())
     values = [entry["top_eigenvalue"] for entry in result["tasks"].values()]
@@ -334,7 +334,7 @@ def throughput_table(runner: Runner) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="the dry run: the same steps on the tiny preset, on CPU")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_check"), help="report directory")
     parser.add_argument("--only", nargs="+", choices=STEPS[1:],

@@ -1,6 +1,6 @@
 """Per-task curvature of a trained model: the top Hessian eigenvalue of each task's dev loss.
 
-    python -m cats_ds.curvature RUN_DIR [--tag stepNNNNNNNN] [--iterations 20] [--batches 2]
+    python -m cats_ds.tools.curvature RUN_DIR [--tag stepNNNNNNNN] [--iterations 20] [--batches 2]
                                 [--batch-sentences 16] [--trace-samples 0] [--seed 0] [--device auto]
 
 For every task, the loss is the mean target-token cross-entropy (no label smoothing, no
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cats_ds import placement
 from cats_ds.loss import token_loss
 
-log = logging.getLogger("cats_ds.curvature")
+log = logging.getLogger("cats_ds.tools.curvature")
 
 Loss = Callable[[], torch.Tensor]     # recomputes a scalar loss of ``params`` with a graph
 
@@ -160,7 +160,7 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.curvature", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.curvature", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--tag", help="checkpoint directory (default: the one results.json describes, else `latest`)")
     parser.add_argument("--iterations", type=int, default=20, help="Hessian-vector products per task")

@@ -1,6 +1,6 @@
 """PNG plots of a run's metrics.jsonl: per-task train loss, CATS scales and lambda, the cosine matrix.
 
-    python -m cats_ds.plot runs/default            # writes runs/default/plots/*.png
+    python -m cats_ds.tools.plot runs/default            # writes runs/default/plots/*.png
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _cosine(path: Path, cosine: np.ndarray, names: list[str], step: int) -> Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.plot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     for path in plot_run(args.run_dir):

@@ -1,8 +1,8 @@
 """Scaling sweeps: a spec -> a jobs file, local runs of it, and a results table with plots.
 
-    python -m cats_ds.sweep emit SPEC.yaml --out DIR     # DIR/jobs.txt, one job a line: CONFIG.yaml key=value ...
-    python -m cats_ds.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here (``parallel`` at a time)
-    python -m cats_ds.sweep collect DIR                  # DIR/results.md and DIR/plots/*.png
+    python -m cats_ds.tools.sweep emit SPEC.yaml --out DIR     # DIR/jobs.txt, one job a line: CONFIG.yaml key=value ...
+    python -m cats_ds.tools.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here (``parallel`` at a time)
+    python -m cats_ds.tools.sweep collect DIR                  # DIR/results.md and DIR/plots/*.png
 
 A job is every combination of ``data`` x ``presets`` x ``tokens_per_step`` x ``seeds`` x
 ``methods``; job ``[{data}_]{preset}_t{tokens}_{method}[_s{seed}]`` trains in DIR/{name}: the
@@ -73,7 +73,7 @@ from cats_ds.distributed import free_port  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
 from cats_ds.model import PRESETS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LR_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
 SWEEP_KEYS = ("model.preset", "sampling.tokens_per_step", "optim.lr", "train.run_dir")  # set per job
 SEED_KEY = "train.seed"                                     # set per job where the spec has seeds
@@ -448,7 +448,7 @@ def add_spec_commands(commands, kind: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_spec_commands(commands, "sweep")
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(jobs)} jobs in {args.out / JOBS_FILE}")
     elif args.command == "run":
         run(load_spec(args.spec), args.spec, args.out)
-        print(f"sweep done; python -m cats_ds.sweep collect {args.out}")
+        print(f"sweep done; python -m cats_ds.tools.sweep collect {args.out}")
     else:
         table, plots = collect(args.out)
         print(table.read_text())

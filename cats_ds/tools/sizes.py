@@ -1,6 +1,6 @@
 """Model sizes and memory per rank for every preset, computed from the dimensions (nothing is allocated).
 
-    python -m cats_ds.sizes [--vocab 64000] [--world 8] [--tokens-per-micro 4096] [--tasks 8]
+    python -m cats_ds.tools.sizes [--vocab 64000] [--world 8] [--tokens-per-micro 4096] [--tasks 8]
         [--buffer-dtype fp32] [--seq-len 128]
 
 Psi = parameters (cats_ds.model.estimate_parameters), W = data-parallel ranks, N = tasks.
@@ -159,7 +159,7 @@ def _gib(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.sizes", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.sizes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, default=64000, help="vocabulary size (default 64000)")
     parser.add_argument("--world", type=int, default=8, help="data-parallel ranks W (default 8)")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     print(f"Memory per rank: model states under ZeRO 0-3 (W={args.world}), CATS with N={args.tasks} tasks "
           f"({args.buffer_dtype} buffers), activations of {args.tokens_per_micro} tokens per micro-step "
-          f"(vocabulary {args.vocab}); formulas: python -m cats_ds.sizes --help\n")
+          f"(vocabulary {args.vocab}); formulas: python -m cats_ds.tools.sizes --help\n")
     print(markdown_table(size_rows(args.vocab, args.world, args.tokens_per_micro, args.tasks,
                                    args.buffer_dtype, args.seq_len)))
 

@@ -2,14 +2,14 @@
 
 One measurement (run it under the launcher; prints one line per rank):
 
-    DS_ACCELERATOR=cpu deepspeed --num_accelerators 2 --module cats_ds.bench [--stage 2] [--tasks 8]
+    DS_ACCELERATOR=cpu deepspeed --num_accelerators 2 --module cats_ds.tools.bench [--stage 2] [--tasks 8]
         [--config cats_ds/configs/bible8_cpu.yaml] [--precision fp32|bf16] [--steps 20] [--warmup K]
         [--peak-tflops P] [--json FILE] [key.sub=value ...]
 
 The table over ZeRO stages and rank counts (launches the measurement once per combination and
 prints a markdown table; --out also writes it with the command, date, machine and load average):
 
-    DS_ACCELERATOR=cpu python -m cats_ds.bench --ranks 1 2 --stages 1 2 3 --steps 30 [--out FILE] [...]
+    DS_ACCELERATOR=cpu python -m cats_ds.tools.bench --ranks 1 2 --stages 1 2 3 --steps 30 [--out FILE] [...]
 
 Both engines start from the same weights and consume the very same plans. Memory first: each
 engine is built and runs the warmup steps alone (by default up to CATS's first update, so its
@@ -20,7 +20,7 @@ every step, so machine noise hits both alike. Reported per rank: mean step time 
 pass, every cats.interval steps, included), training tokens/s (source+target, all ranks), the
 ratio, the median ratio of steps without a meta pass, CATS's buffer memory against the
 partition size, each engine's memory, and the model TFLOP/s of the training batches
-(cats_ds.sizes.training_flops; CATS's meta pass is extra work, not counted), as model FLOP
+(cats_ds.tools.sizes.training_flops; CATS's meta pass is extra work, not counted), as model FLOP
 utilization when ``--peak-tflops`` gives the device's measured matrix rate. Step times are taken
 with the device's queue drained before and after each step. The model, batch and CATS settings come from the run
 config (default: the embedded default's), so the figures describe what users run. Synthetic
@@ -57,8 +57,8 @@ from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
 from cats_ds.model import build_hf_config, build_model, count_parameters
-from cats_ds.sizes import training_flops
 from cats_ds.engine import build_engine
+from cats_ds.tools.sizes import training_flops
 from cats_ds.train import Run, train_step
 
 PAD, EOS = 1, 2
@@ -273,7 +273,8 @@ def launch(args: argparse.Namespace, world: int, stage: int, json_path: Path) ->
     """Runs one measurement under the deepspeed launcher; returns its per-rank results."""
     launcher = Path(sys.executable).with_name("deepspeed")
     command = [str(launcher), "--num_accelerators", str(world), "--master_port", str(distributed.free_port()),
-               "--module", "cats_ds.bench", "--config", args.config, "--stage", str(stage), "--tasks", str(args.tasks),
+               "--module", "cats_ds.tools.bench", "--config", args.config, "--stage", str(stage),
+               "--tasks", str(args.tasks),
                "--precision", args.precision, *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
                "--steps", str(args.steps), "--json", str(json_path),
                *(["--warmup", str(args.warmup)] if args.warmup is not None else []), *args.overrides]
@@ -315,7 +316,7 @@ def table(args: argparse.Namespace) -> str:
                    for world in args.ranks for stage in args.stages]
     text = markdown_table(reports)
     first, seconds = reports[0][0], (datetime.datetime.now(datetime.timezone.utc) - started).seconds
-    header = (f"Command: `{shlex.join(['python', '-m', 'cats_ds.bench', *sys.argv[1:]])}`\n\n"
+    header = (f"Command: `{shlex.join(['python', '-m', 'cats_ds.tools.bench', *sys.argv[1:]])}`\n\n"
               f"Started {started:%Y-%m-%d %H:%M} UTC, took {seconds} s; {_machine()}; load average (1, 5, 15 min) "
               f"before {_load(load_before)}, after {_load(os.getloadavg())}.\n"
               f"{first['parameters']:,} parameters, N={first['tasks']} tasks, {first['tokens_per_step']} tokens per "
@@ -337,7 +338,7 @@ def _load(values: tuple[float, float, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict | str:
-    parser = argparse.ArgumentParser(prog="python -m cats_ds.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIG_DIR / "bible8_cpu.yaml"))
     parser.add_argument("--stage", type=int, default=2)
