@@ -16,6 +16,8 @@ the statistics stay on the training device (cats_ds.placement), next to the part
 from __future__ import annotations
 
 import torch
+from deepspeed import comm as dist
+from deepspeed.runtime.utils import all_gather_dp_groups
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 
@@ -125,6 +127,44 @@ def _check_supported(engine, optimizer, stage: int) -> None:
             raise UnsupportedSetupError(_OFFLOAD_REFUSAL)
     else:
         raise UnsupportedSetupError(f"zero_optimization.stage={stage} is not a ZeRO stage")
+
+
+class PartitionParameters:
+    """This rank's partition of the model parameters (ZeRO-1/2, fp32), for the finite-difference
+    curvature term (cats_ds/cats/hessian.py): the slice of each parameter group's flat buffer that
+    this rank owns, laid out like the gradient partition. Writing it and all-gathering, as
+    DeepSpeed's own step() does after the optimizer update, gives every rank the moved model."""
+
+    def __init__(self, engine) -> None:
+        self.optimizer = optimizer = engine.optimizer
+        stage = engine.zero_optimization_stage()
+        if stage not in (1, 2) or not isinstance(optimizer, DeepSpeedZeroOptimizer):
+            raise UnsupportedSetupError(f"cats.objective=second_order needs ZeRO stage 1 or 2 (the curvature term "
+                                        f"moves the parameter partition), got zero_optimization.stage={stage}")
+        if any(group.dtype != torch.float32 for group in optimizer.bit16_groups_flat):
+            raise UnsupportedSetupError("cats.objective=second_order needs fp32 training: the finite differences of "
+                                        "the curvature term are lost in bf16/fp16 parameters; remove bf16/fp16 from "
+                                        "the DeepSpeed config")
+        self.partitions = [optimizer.parallel_partitioned_bit16_groups[i][dist.get_rank(group=group)]
+                           for i, group in enumerate(optimizer.real_dp_process_group)]
+
+    def read(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.partitions]).clone()
+
+    def write(self, flat: torch.Tensor) -> None:
+        """Overwrites this rank's partition, then all-gathers every rank's partition into the
+        flat buffers the model's parameters are views of (stage_1_and_2.py step(), L3143-3160)."""
+        offset = 0
+        for partition in self.partitions:
+            partition.data.copy_(flat[offset:offset + partition.numel()].view_as(partition))
+            offset += partition.numel()
+        assert offset == flat.numel(), (offset, flat.numel())
+        optimizer = self.optimizer
+        all_gather_dp_groups(groups_flat=optimizer.bit16_groups_flat,
+                             partitioned_param_groups=optimizer.parallel_partitioned_bit16_groups,
+                             dp_process_group=optimizer.real_dp_process_group,
+                             start_alignment_factor=optimizer.nccl_start_alignment_factor,
+                             allgather_bucket_size=optimizer.allgather_bucket_size)
 
 
 class TaskGradientBuffers:
