@@ -200,7 +200,7 @@ class CATSConfig:
         _check_real("second_order_lr", self.second_order_lr, 0.0, math.inf, low_open=True)
         _check_int("curvature_every", self.curvature_every, 1)
         _check_real("curvature_step", self.curvature_step, 0.0, 1.0, low_open=True)
-        if self.curvature_every % self.interval:   # M is computed on update steps only
+        if self.objective == "second_order" and self.curvature_every % self.interval:   # M only on update steps
             raise _config_error("curvature_every", self.curvature_every,
                                 f"a multiple of cats.interval={self.interval} (M is computed on update steps)")
         if self.objective == "second_order" and self.meta_source != "dev":
