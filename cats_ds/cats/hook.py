@@ -8,8 +8,9 @@
 
 Everything CATS adds to a step lives here: the partition buffers (cats_ds/cats/zero.py), the
 scaler (TaskScaler, or a gradient-surgery baseline), the dev sampler and meta pass, the
-statistics, the write-back of sum_n s_n g_n, the step's metrics record and the state a
-checkpoint keeps. A new parameterization or an extra meta pass is a change inside this class;
+statistics, the curvature matrix of ``second_order`` (cats_ds/cats/hessian.py, on the step's
+meta batch, before the write-back), the write-back of sum_n s_n g_n, the step's metrics record
+and the state a checkpoint keeps. A new parameterization or an extra meta pass is a change inside this class;
 the loop (cats_ds/train.py) only calls it.
 """
 
@@ -70,7 +71,8 @@ class CATSHook:
                                               rank=distributed.rank(), world_size=distributed.world_size(),
                                               sort_block=config.sampling.sort_block,
                                               task_names=[t.name for t in valid_tasks])
-        parameters = PartitionParameters(engine) if config.cats.objective == "second_order" else None
+        second_order = config.cats.method == "cats" and config.cats.objective == "second_order"
+        parameters = PartitionParameters(engine) if second_order else None
         return cls(engine, scaler, buffers, dev_sampler, valid_tasks, pad_id, eos_id,
                    torch.ones(num_tasks, dtype=torch.float64), parameters)
 
@@ -102,7 +104,8 @@ class CATSHook:
         gram, dots = self.buffers.reduce_statistics(with_meta=with_gradient)
         dots = dots if with_gradient else None
         losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
-        curvature = self._curvature(gram) if finite and self.scaler.curvature_due() else None
+        due = self.parameters is not None and self.scaler.curvature_due()
+        curvature = self._curvature(gram) if finite and due else None
         weights = self.scaler.config.parameterization == "weights"
         if weights:   # the scaler sees the per-task mean gradients gbar_n = g_n / pi_n
             gram, dots = mean_gradient_statistics(gram, dots, shares)
