@@ -8,6 +8,10 @@ share of the Gram matrix, one all-reduce of N*N + N numbers completes it, and
 sum_n s_n * buffer_n is written back into the partition, so DeepSpeed's own step (overflow
 check, norm, clipping, optimizer, all-gather) runs on the rescaled gradient.
 
+``PartitionParameters`` gives the finite-difference curvature term (``second_order``,
+cats_ds/cats/hessian.py) this rank's partition of the parameters on ZeRO-1/2: written, then
+all-gathered as DeepSpeed's own step() does.
+
 The partition accessors rely on the DeepSpeed 0.19.8 internals listed in
 docs/design.md, section 7; requirements.txt pins that version. The buffers and
 the statistics stay on the training device (cats_ds.placement), next to the partition.
