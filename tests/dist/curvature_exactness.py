@@ -1,9 +1,9 @@
 """The second_order objective's curvature matrix in ZeRO against float64 Hessian-vector products;
 run by tests/test_cats_zero.py.
 
-    deepspeed --num_accelerators 2 tests/dist/curvature_exactness.py OUT.json STAGE [STAGE ...] [--step 1e-3]
+    deepspeed --num_accelerators 2 tests/dist/curvature_exactness.py OUT.json DS_CONFIG [DS_CONFIG ...] [--step 1e-3]
 
-For each ZeRO stage (1, 2: trained; others: only the refusal at build is recorded), the trainer's
+For each DeepSpeed config (one CATS refuses is recorded with its refusal only), the trainer's
 steps run with cats.objective=second_order and cats.parameterization=weights on the tiny model and
 batches of tests/dist/cats_exactness.py. At every curvature update the hook's M (of the
 share-weighted task gradients g_n, before the mean-gradient transform) is recorded with the model's
@@ -36,19 +36,22 @@ from cats_ds.train import Run, build_engine, train_step
 STEPS = 2
 
 
-def curvature_config(stage: int, step: float):
-    config = make_config(stage, "weights")
+def curvature_config(ds_config: str, step: float):
+    config = make_config(0, "weights", ds_config)
     config.cats = dataclasses.replace(config.cats, objective="second_order", second_order_lr=0.5, curvature_step=step)
     return config
 
 
 def model_parameters(engine) -> torch.Tensor:
-    """The full parameters the model computes with (ZeRO-1/2 keep them whole on every rank)."""
-    return torch.cat([p.detach().reshape(-1).double() for p in engine.module.parameters()])
+    """The full parameters the model computes with (gathered on ZeRO-3)."""
+    from deepspeed import zero
+    parameters = list(engine.module.parameters())
+    with zero.GatheredParameters(parameters, enabled=engine.zero_optimization_stage() == 3):
+        return torch.cat([p.detach().reshape(-1).double() for p in parameters])
 
 
-def run_stage(stage: int, train, valid, model, step: float) -> dict:
-    config = curvature_config(stage, step)
+def run_config(ds_config: str, train, valid, model, step: float) -> dict:
+    config = curvature_config(ds_config, step)
     engine = build_engine(config, copy.deepcopy(model))
     try:
         cats = CATSHook.build(config, engine, valid, PAD, EOS, probabilities(train))
@@ -119,7 +122,7 @@ def unit_relative(measured, reference) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("stages", type=int, nargs="+")
+    parser.add_argument("ds_configs", nargs="+")
     parser.add_argument("--step", type=float, default=1e-3, help="cats.curvature_step")
     parser.add_argument("--local_rank", type=int)
     args = parser.parse_args()
@@ -129,9 +132,9 @@ def main() -> None:
     valid = [synthetic_task(f"t{n}", 12, seed=100 + n) for n in range(len(TASK_SIZES))]
     model = build_model(build_hf_config(make_config(2, "plain").model, VOCAB, 16, PAD, 0, EOS), seed=7)
     results = {"world_size": distributed.world_size(),
-               "stages": {stage: run_stage(stage, train, valid, model, args.step) for stage in args.stages}}
+               "configs": {path: run_config(path, train, valid, model, args.step) for path in args.ds_configs}}
     if distributed.rank() == 0:
-        for runs in results["stages"].values():
+        for runs in results["configs"].values():
             for record in runs.get("records", []):
                 record["reference"] = reference_with_double_backward(model, record["theta"], record["step"], train, valid)
                 record["error"] = unit_relative(record["curvature"], record["reference"])
