@@ -10,8 +10,8 @@ Everything CATS adds to a step lives here: the partition buffers (cats_ds/cats/z
 scaler (TaskScaler, or a gradient-surgery baseline), the dev sampler and meta pass, the
 statistics, the curvature matrix of ``second_order`` (cats_ds/cats/hessian.py, on the step's
 meta batch, before the write-back), the write-back of sum_n s_n g_n, the step's metrics record
-and the state a checkpoint keeps. A new parameterization or an extra meta pass is a change inside this class;
-the loop (cats_ds/train.py) only calls it.
+and the state a checkpoint keeps. A new parameterization or an extra meta pass is a change
+inside this class; the loop (cats_ds/train.py) only calls it.
 """
 
 from __future__ import annotations
