@@ -111,9 +111,10 @@ class CATSHook:
             gram, dots = mean_gradient_statistics(gram, dots, shares)
             curvature = None if curvature is None else mean_gradient_matrix(curvature, shares)
         finite = finite and all_finite(gram, losses, dots, curvature)
-        if finite:
-            self.scales = self.scaler.update(losses, gram, dots, curvature=curvature,
-                                             **({"plain": shares} if weights else {}))
+        if finite:   # plain: the weights of plain training; curvature: only second_order's scaler takes M
+            extra = {"plain": shares} if weights else {}
+            extra.update({"curvature": curvature} if curvature is not None else {})
+            self.scales = self.scaler.update(losses, gram, dots, **extra)
         if weights:
             self.scales = scales_from_weights(self.scaler.scales, shares)
         self.buffers.write_combined(self.scales)
