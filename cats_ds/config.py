@@ -137,6 +137,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "cats.lr_alpha": _NON_NEGATIVE, "cats.lr_lambda": _NON_NEGATIVE, "cats.epsilon": _POSITIVE,
     "cats.ema_decay": _PROBABILITY, "cats.alpha_min": Range(0, 1), "cats.warmup_steps": _NON_NEGATIVE,
     "cats.interval": _AT_LEAST_ONE, "cats.cosine_every": _AT_LEAST_ONE, "cats.meta_tokens_per_task": _AT_LEAST_ONE,
+    "cats.meta_ema": _PROBABILITY, "cats.second_order_lr": _POSITIVE, "cats.curvature_every": _AT_LEAST_ONE,
+    "cats.curvature_step": Range(0, 1, low_open=True),
 }
 
 

@@ -32,7 +32,7 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 class ModelConfig:
     """A model preset plus optional per-field overrides (0 or -1 keeps the preset's value)."""
 
-    preset: str = "cpu"                     # size preset: tiny, cpu, base, big, ... (python -m cats_ds.sizes)
+    preset: str = "cpu"                     # size preset: tiny, cpu, base, big, ... (python -m cats_ds.tools.sizes)
     d_model: int = 0                        # hidden size; 0 or -1: the preset's
     encoder_layers: int = 0                 # 0 or -1: the preset's
     decoder_layers: int = 0                 # 0 or -1: the preset's

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cats_ds.cats import CATSConfig, TaskScaler
-from cats_ds.cats.statistics import gram_and_dots, mean_gradient_statistics, scales_from_weights
+from cats_ds.cats.statistics import gram_and_dots, mean_gradient_matrix, mean_gradient_statistics, scales_from_weights
 
 
 def gradients(shares: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -23,6 +23,19 @@ def test_mean_gradient_statistics_equal_those_of_the_explicit_mean_gradients():
     gram_bar, dots_bar = mean_gradient_statistics(*gram_and_dots(rows, h), pi)
     assert torch.allclose(gram_bar, mean @ mean.T, rtol=1e-12)
     assert torch.allclose(dots_bar, mean @ h, rtol=1e-12)
+
+
+def test_the_curvature_matrix_of_the_mean_gradients_and_of_an_absent_task():
+    pi = torch.tensor([0.6, 0.0, 0.4], dtype=torch.float64)
+    rows, mean, _ = gradients(pi.tolist())
+    generator = torch.Generator().manual_seed(1)
+    root = torch.randn(7, 7, generator=generator, dtype=torch.float64)
+    hessian = root + root.T   # indefinite, like a dev loss's Hessian away from a minimum
+    curvature_bar = mean_gradient_matrix(rows @ hessian @ rows.T, pi)
+    present = torch.tensor([0, 2])
+    assert torch.allclose(curvature_bar[present][:, present], (mean @ hessian @ mean.T)[present][:, present],
+                          rtol=1e-12)
+    assert curvature_bar[1].abs().sum() == 0 and curvature_bar[:, 1].abs().sum() == 0
 
 
 def test_an_absent_task_has_no_mean_gradient_and_no_scale():

@@ -13,6 +13,8 @@ STAGES = (1, 2, 3)
 EXACT_CONFIGS = ("ds_configs/zero3_persist.json",)   # fp32 variants held to the dense reference too
 BF16, FP16 = ("ds_configs/zero2_bf16.json", "ds_configs/zero3_bf16.json"), "ds_configs/zero2_fp16.json"
 LOW_PRECISION = BF16 + ((FP16,) if cpu_supports_fp16() else ())
+# the second_order curvature term: every stage, ZeRO-3 with and without persistent parameters
+CURVATURE_CONFIGS = tuple(f"ds_configs/zero{stage}.json" for stage in STAGES) + ("ds_configs/zero3_persist.json",)
 
 
 def _relative(a, b) -> float:
@@ -33,6 +35,13 @@ def two_ranks(tmp_path_factory):
 def one_rank(tmp_path_factory):
     out = tmp_path_factory.mktemp("cats1") / "results.json"
     run_deepspeed(["tests/dist/cats_exactness.py", str(out), "2"], processes=1)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def curvature(tmp_path_factory):
+    out = tmp_path_factory.mktemp("curvature") / "results.json"
+    run_deepspeed(["tests/dist/curvature_exactness.py", str(out), *CURVATURE_CONFIGS, BF16[0]], processes=2)
     return json.loads(out.read_text())
 
 
@@ -116,6 +125,45 @@ def test_world_size_one_and_two_give_the_same_alpha_trajectory(one_rank, two_ran
     # fp32 gradients summed in another order (one rank vs two): the same bound as against the
     # float64 reference; 1e-6 was measured at 1.006e-6 on an AMD EPYC
     assert _relative(single, double) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ds_config", CURVATURE_CONFIGS)
+def test_curvature_matrix_in_zero_matches_float64_hessian_vector_products(curvature, ds_config):
+    run = curvature["configs"][ds_config]
+    assert len(run["records"]) == 2   # curvature_every = 1: both steps recompute M, the second at moved weights
+    for record in run["records"]:
+        # central differences in fp32 at cats.curvature_step = 1e-3: measured 4.9e-4 and 5.7e-4 (steps 1
+        # and 2, both stages). At step 3e-3: 6.0e-3 and 2.3e-3 (truncation, ~ step^2); at 3e-4: 8.8e-5 and
+        # 1.2e-3 (fp32 rounding, ~ 1 / step). 3e-3 leaves a factor 5 and still fails a wrong row, column
+        # or scale (errors of order 1)
+        assert record["error"] <= 3e-3
+        assert record["restored"]   # the model's parameters are bitwise what they were before
+    first = np.asarray(run["records"][0]["reference"])
+    assert np.abs(first - np.diag(np.diag(first))).max() > 0.05 * np.abs(first).max()   # off-diagonal terms
+    alpha = np.asarray(run["alpha"])
+    assert np.abs(alpha[-1] - alpha[0]).max() > 1e-3   # the second-order objective moved the weights
+
+
+@pytest.mark.slow
+def test_curvature_term_refuses_low_precision_parameters_naming_the_key(curvature):
+    refusal = curvature["configs"][BF16[0]]["refusal"]
+    assert "cats.objective=second_order" in refusal and "bf16" in refusal
+
+
+def test_a_dev_set_smaller_than_the_meta_batch_is_refused_naming_the_key():
+    from cats_ds.cats.hook import check_dev_sets
+    from cats_ds.data.tasks import TaskData
+
+    def task(name, sizes):
+        offsets = np.cumsum([0] + sizes)
+        tokens = np.ones(offsets[-1], dtype=np.int32)
+        return TaskData(name, [name], tokens, offsets, tokens, offsets, np.zeros(len(sizes), dtype=np.int64))
+    tasks = [task("big", [5] * 20), task("small", [3, 4])]   # 14 source+target tokens in the small one
+    check_dev_sets(tasks, 14)
+    with pytest.raises(ValueError, match=r"cats.meta_tokens_per_task=15 is more than task small's dev set holds "
+                                         r"\(14 source"):
+        check_dev_sets(tasks, 15)
 
 
 @pytest.mark.slow

@@ -88,11 +88,24 @@ def same_state(a: dict, b: dict) -> bool:
     ("epsilon", 0.0), ("epsilon_mode", "rel"), ("ema_decay", 1.0), ("ema_decay", -0.1),
     ("alpha_min", -0.01), ("warmup_steps", -1), ("warmup_steps", 1.5), ("interval", 0),
     ("interval", True), ("objective", "sharpness"), ("meta_source", "test"), ("gram", "block"),
-    ("cosine_every", 0),
+    ("cosine_every", 0), ("meta_ema", 1.0), ("meta_ema", -0.1), ("second_order_lr", 0.0),
+    ("curvature_every", 0), ("curvature_step", 0.0), ("curvature_step", 2.0),
 ])
 def test_config_rejects_bad_values_naming_the_key(key, value):
     with pytest.raises(ValueError, match=f"cats\\.{key}"):
         CATSConfig(**{key: value})
+
+
+def test_curvature_interval_must_be_a_multiple_of_the_update_interval():
+    CATSConfig(objective="second_order", interval=2, curvature_every=6)
+    CATSConfig(interval=2, curvature_every=3)   # unused by the other objectives
+    with pytest.raises(ValueError, match="cats.curvature_every .*multiple of cats.interval=2"):
+        CATSConfig(objective="second_order", interval=2, curvature_every=3)
+
+
+def test_second_order_needs_the_dev_meta_gradient():
+    with pytest.raises(ValueError, match="cats.objective .*meta_source=train"):
+        CATSConfig(objective="second_order", meta_source="train")
 
 
 def test_alpha_min_above_one_over_n_is_refused_by_the_scaler():
@@ -193,6 +206,79 @@ def test_one_step_matches_hand_computation(objective):
     assert scaler.lam == pytest.approx(expected_lam, abs=1e-12)
     assert scaler.describe()["eps"] == pytest.approx(eps, rel=1e-12)
     assert scales.dtype == torch.float64
+
+
+def test_second_order_step_matches_hand_computation():
+    curvature = np.array([[3.0, -1.0, 0.2], [-1.0, 5.0, 0.4], [0.2, 0.4, 0.5]])
+    eta = 0.3
+    eps = RHO * (DECAY * EMA0 + (1 - DECAY) * GRAM.sum())
+    grad_f = 3 * (-DOTS + eta * curvature @ (3 * ALPHA)) / eps
+    expected_alpha, expected_lam = interior_step(ALPHA, LAM, eps, grad_f, GRAM, lr_alpha=0.01, lr_lambda=0.2)
+    assert expected_alpha.min() > 0.0
+    scaler = scaler_in_state(hand_config("second_order", second_order_lr=eta), ALPHA.tolist(), LAM, EMA0)
+    scales = scaler.update(torch.tensor(LOSSES), torch.tensor(GRAM), torch.tensor(DOTS),
+                           curvature=torch.tensor(curvature))
+    np.testing.assert_allclose(scales.numpy(), 3 * expected_alpha, rtol=0, atol=1e-12)
+    assert scaler.lam == pytest.approx(expected_lam, abs=1e-12)
+    # the quadratic term matters: lookahead on the same inputs goes elsewhere
+    lookahead = scaler_in_state(hand_config("lookahead"), ALPHA.tolist(), LAM, EMA0)
+    other = lookahead.update(torch.tensor(LOSSES), torch.tensor(GRAM), torch.tensor(DOTS))
+    assert np.abs(other.numpy() - scales.numpy()).max() > 1e-3
+
+
+def test_second_order_keeps_the_last_curvature_between_recomputations():
+    config = CATSConfig(objective="second_order", curvature_every=3, warmup_steps=1, lr_alpha=0.05)
+    scaler = TaskScaler(config, num_tasks=2)
+    due, skipped = [], []
+    for step in range(8):
+        due.append(scaler.curvature_due())
+        curvature = torch.eye(2) * (step + 1) if due[-1] else None
+        scaler.update(torch.ones(2), torch.eye(2), torch.tensor([1.0, -1.0]), curvature=curvature)
+        skipped.append(scaler.num_skipped)
+    assert due == [False, True, False, False, True, False, False, True]
+    assert skipped == [0] * 8 and scaler.num_updates == 7
+    assert torch.equal(scaler.curvature, torch.eye(2, dtype=torch.float64) * 8)
+
+
+def test_second_order_without_any_curvature_skips_the_update(caplog):
+    scaler = TaskScaler(CATSConfig(objective="second_order"), num_tasks=2)
+    with caplog.at_level(logging.WARNING):
+        scaler.update(torch.ones(2), torch.eye(2), torch.tensor([1.0, -1.0]))
+    assert scaler.num_skipped == 1 and "curvature matrix" in caplog.text
+
+
+def test_meta_ema_averages_losses_dots_and_curvature_over_updates():
+    config = CATSConfig(objective="second_order", meta_ema=0.75)
+    scaler = TaskScaler(config, num_tasks=2)
+    for value in (1.0, 5.0):
+        scaler.update(value * torch.ones(2), torch.eye(2), value * torch.ones(2), curvature=value * torch.eye(2))
+    averaged = 0.75 * 1.0 + 0.25 * 5.0
+    state = scaler.state_dict()
+    assert torch.allclose(state["meta_losses"], torch.full((2,), averaged, dtype=torch.float64))
+    assert torch.allclose(state["meta_dots"], torch.full((2,), averaged, dtype=torch.float64))
+    assert torch.allclose(scaler.curvature, averaged * torch.eye(2, dtype=torch.float64))
+
+
+def test_meta_ema_keeps_an_absent_tasks_average_and_starts_a_new_task_without_bias():
+    scaler = TaskScaler(CATSConfig(meta_ema=0.5), num_tasks=2)
+    scaler.update(torch.tensor([2.0, math.nan]), torch.diag(torch.tensor([1.0, 0.0])), torch.tensor([4.0, 0.0]))
+    scaler.update(torch.tensor([4.0, 3.0]), torch.eye(2), torch.tensor([8.0, 6.0]))
+    state = scaler.state_dict()
+    assert state["meta_losses"].tolist() == [3.0, 3.0]
+    # task 1 was absent at first (its dot 0 is no measurement), so the average starts at 0 and moves half way
+    assert state["meta_dots"].tolist() == [6.0, 3.0]
+
+
+def test_meta_ema_zero_follows_each_steps_statistics():
+    rng = np.random.default_rng(3)
+    inputs = [(torch.tensor(rng.uniform(0.5, 3.0, 3)), torch.tensor(random_psd(rng, 3)),
+               torch.tensor(rng.normal(size=3))) for _ in range(6)]
+    plain, smoothed = TaskScaler(CATSConfig(lr_alpha=0.05), 3), TaskScaler(CATSConfig(lr_alpha=0.05, meta_ema=0.9), 3)
+    for step_inputs in inputs:
+        last = plain.update(*step_inputs)
+        other = smoothed.update(*step_inputs)
+    assert torch.equal(plain.state_dict()["meta_dots"], inputs[-1][2])
+    assert np.abs(last.numpy() - other.numpy()).max() > 1e-4
 
 
 def test_lookahead_without_meta_dots_uses_gram_row_sums_and_absolute_eps():
@@ -368,15 +454,19 @@ def test_state_dict_round_trip_continues_identically(tmp_path):
     rng = np.random.default_rng(5)
     inputs = [(torch.tensor(rng.uniform(0.5, 3.0, 3)), torch.tensor(random_psd(rng, 3)),
                torch.tensor(rng.normal(size=3))) for _ in range(12)]
-    config = CATSConfig(lr_alpha=0.05, interval=2, warmup_steps=1)
+    config = CATSConfig(lr_alpha=0.05, interval=2, warmup_steps=1, meta_ema=0.5, objective="second_order",
+                        curvature_every=4)
+    inputs = [(*step, torch.tensor(random_psd(rng, 3))) for step in inputs]
     original = TaskScaler(config, num_tasks=3)
-    for step_inputs in inputs[:6]:
-        original.update(*step_inputs)
+    for losses, gram, dots, curvature in inputs[:6]:
+        original.update(losses, gram, dots, curvature=curvature if original.curvature_due() else None)
     torch.save(original.state_dict(), tmp_path / "cats.pt")
     resumed = TaskScaler(config, num_tasks=3)
     resumed.load_state_dict(torch.load(tmp_path / "cats.pt"))
-    for step_inputs in inputs[6:]:
-        assert torch.equal(original.update(*step_inputs), resumed.update(*step_inputs))
+    for losses, gram, dots, curvature in inputs[6:]:
+        fresh = curvature if original.curvature_due() else None
+        assert torch.equal(original.update(losses, gram, dots, curvature=fresh),
+                           resumed.update(losses, gram, dots, curvature=fresh))
     assert same_state(original.state_dict(), resumed.state_dict())
     assert original.num_updates == 5
 
@@ -410,6 +500,9 @@ def test_a_state_saved_before_the_update_norm_was_renamed_still_loads():
     original.update([1.0, 2.0], [[2.0, 0.5], [0.5, 1.0]])
     old = original.state_dict()
     old["last_curvature"] = old.pop("last_update_sq_norm")
+    for key in ("meta_losses", "meta_dots", "meta_curvature"):   # nor did it hold meta averages
+        del old[key]
     resumed = TaskScaler(CATSConfig(), num_tasks=2)
     resumed.load_state_dict(old)
     assert resumed.last_update_sq_norm == original.last_update_sq_norm is not None
+    assert resumed.curvature is None

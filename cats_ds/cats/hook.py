@@ -8,9 +8,10 @@
 
 Everything CATS adds to a step lives here: the partition buffers (cats_ds/cats/zero.py), the
 scaler (TaskScaler, or a gradient-surgery baseline), the dev sampler and meta pass, the
-statistics, the write-back of sum_n s_n g_n, the step's metrics record and the state a
-checkpoint keeps. A new parameterization or an extra meta pass is a change inside this class;
-the loop (cats_ds/train.py) only calls it.
+statistics, the curvature matrix of ``second_order`` (cats_ds/cats/hessian.py, on the step's
+meta batch, before the write-back), the write-back of sum_n s_n g_n, the step's metrics record
+and the state a checkpoint keeps. A new parameterization or an extra meta pass is a change
+inside this class; the loop (cats_ds/train.py) only calls it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 
 from cats_ds import distributed, placement
+from cats_ds.cats.hessian import curvature_matrix
 from cats_ds.cats.scaler import TaskScaler
-from cats_ds.cats.statistics import all_finite, mean_gradient_statistics, scales_from_weights
+from cats_ds.cats.statistics import all_finite, mean_gradient_matrix, mean_gradient_statistics, scales_from_weights
 from cats_ds.cats.surgery import GradientSurgery
-from cats_ds.cats.zero import PartitionGradients, TaskGradientBuffers
+from cats_ds.cats.zero import PartitionGradients, PartitionParameters, TaskGradientBuffers
 from cats_ds.data.sampler import LanguageSyncSampler
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.loss import plan_tokens, token_loss
@@ -42,6 +44,7 @@ class CATSHook:
     pad_id: int
     eos_id: int
     scales: torch.Tensor                         # float64 [N], applied this step
+    parameters: PartitionParameters | None = None   # moved by the curvature term (second_order)
     meta: dict | None = None                     # this step's dev meta pass, if one ran
 
     @classmethod
@@ -60,6 +63,7 @@ class CATSHook:
         buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, BUFFER_DTYPES[config.cats.buffer_dtype])
         dev_sampler = None
         if config.cats.meta_source == "dev" and config.cats.method == "cats":
+            check_dev_sets(valid_tasks, config.cats.meta_tokens_per_task)
             uniform = np.full(num_tasks, 1.0 / num_tasks)
             dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
                                               config.cats.meta_tokens_per_task * num_tasks,
@@ -67,8 +71,10 @@ class CATSHook:
                                               rank=distributed.rank(), world_size=distributed.world_size(),
                                               sort_block=config.sampling.sort_block,
                                               task_names=[t.name for t in valid_tasks])
+        second_order = config.cats.method == "cats" and config.cats.objective == "second_order"
+        parameters = PartitionParameters(engine) if second_order else None
         return cls(engine, scaler, buffers, dev_sampler, valid_tasks, pad_id, eos_id,
-                   torch.ones(num_tasks, dtype=torch.float64))
+                   torch.ones(num_tasks, dtype=torch.float64), parameters)
 
     # ------------------------------------------------------------------------------------------
     # the three calls of a step
@@ -89,7 +95,7 @@ class CATSHook:
         """Gram matrix, scaler update, rescaled gradient written into the ZeRO partition.
 
         ``shares``: the step's realized target-token share per task (pi). Returns the step's CATS
-        record and whether CATS's inputs (training and meta losses, Gram matrix, meta dots) were
+        record and whether CATS's inputs (training and meta losses, Gram matrix, meta dots, M) were
         finite; when they are not, the scaler is left untouched and the step keeps its scales, or
         its weights (fp16: the partition is flagged, so DeepSpeed's overflow check skips the step
         and lowers the loss scale). Whether the step is taken is cats_ds/nonfinite.py's decision."""
@@ -98,27 +104,49 @@ class CATSHook:
         gram, dots = self.buffers.reduce_statistics(with_meta=with_gradient)
         dots = dots if with_gradient else None
         losses = torch.from_numpy(meta["losses"] if meta is not None else train_loss)
+        finite = all_finite(gram, losses, dots, torch.from_numpy(train_loss))
+        due = self.parameters is not None and self.scaler.curvature_due()
+        curvature = self._curvature(gram) if finite and due else None
         weights = self.scaler.config.parameterization == "weights"
         if weights:   # the scaler sees the per-task mean gradients gbar_n = g_n / pi_n
             gram, dots = mean_gradient_statistics(gram, dots, shares)
-        finite = all_finite(gram, losses, dots, torch.from_numpy(train_loss))
-        if finite:
-            self.scales = self.scaler.update(losses, gram, dots, **({"plain": shares} if weights else {}))
+            curvature = None if curvature is None else mean_gradient_matrix(curvature, shares)
+        finite = finite and all_finite(gram, dots, curvature)   # the mean-gradient statistics too
+        if finite:   # plain: the weights of plain training; curvature: only second_order's scaler takes M
+            extra = {"plain": shares} if weights else {}
+            extra.update({"curvature": curvature} if curvature is not None else {})
+            self.scales = self.scaler.update(losses, gram, dots, **extra)
         if weights:
             self.scales = scales_from_weights(self.scaler.scales, shares)
         self.buffers.write_combined(self.scales)
         if not finite and self.engine.fp16_enabled():
             self.buffers.flag_overflow()
-        return self._record(gram, dots, losses, step), finite
+        return self._record(gram, dots, losses, curvature, step), finite
 
-    def _record(self, gram: torch.Tensor, dots: torch.Tensor | None, losses: torch.Tensor, step: int) -> dict:
-        """The step's CATS metrics; gram and dots as the scaler saw them (mean gradients for weights)."""
+    def _curvature(self, gram: torch.Tensor) -> torch.Tensor:
+        """M[n, m] = g_n^T H_dev g_m of this step's task gradients, by finite differences of the dev
+        meta gradient on this step's dev batch (cats_ds/cats/hessian.py): 2 dev passes per task."""
+        plan, tokens = self.meta["plan"], self.meta["tokens"]
+        partition, group = self.buffers.partition, self.buffers.partition.dp_group
+
+        def dev_gradient(out: torch.Tensor) -> None:
+            self._dev_pass(plan, tokens, need_gradient=True)
+            partition.read_into(out)
+        return curvature_matrix(self.buffers.tasks, gram.diagonal(), self.parameters, dev_gradient,
+                                self.scaler.config.curvature_step,
+                                lambda values: distributed.all_reduce_sum(values, group=group))
+
+    def _record(self, gram: torch.Tensor, dots: torch.Tensor | None, losses: torch.Tensor,
+                curvature: torch.Tensor | None, step: int) -> dict:
+        """The step's CATS metrics; gram, dots and M as the scaler saw them (mean gradients for weights)."""
         norms = gram.diagonal().clamp(min=0).sqrt()
         record = {"parameterization": self.scaler.config.parameterization, "scales": self.scales.tolist(),
                   "alpha": self.scaler.alpha.tolist(), "lambda": float(self.scaler.lam), "grad_norm": norms.tolist(),
                   "meta_losses": losses.tolist(), **self.scaler.describe()}
         if dots is not None:   # what drives the lookahead objective: the alignment <h, g_n> of each task
             record["alignment"] = dots.tolist()
+        if curvature is not None:   # the second_order objective's quadratic term, on the steps that compute it
+            record["curvature"] = curvature.tolist()
         if step % self.scaler.config.cosine_every == 0:
             record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
         return record
@@ -129,11 +157,20 @@ class CATSHook:
         h = sum_n grad of task n's mean token loss on its dev batch, so each task's loss is divided
         by that task's own global dev target tokens.
         """
-        engine, tasks = self.engine, self.valid_tasks
-        need_gradient = self.scaler.config.objective == "lookahead"
+        need_gradient = self.scaler.config.objective in ("lookahead", "second_order")
         plan = self.dev_sampler.next_step()
-        tokens = plan_tokens(plan, tasks, len(tasks))[0].clamp(min=1)
-        world = distributed.world_size()
+        tokens = plan_tokens(plan, self.valid_tasks, len(self.valid_tasks))[0].clamp(min=1)
+        sums = self._dev_pass(plan, tokens, need_gradient)
+        if need_gradient:
+            self.buffers.capture_meta()
+        losses = distributed.all_reduce_sum(sums).cpu() / tokens
+        return {"losses": losses.numpy(), "has_gradient": need_gradient, "plan": plan, "tokens": tokens}
+
+    def _dev_pass(self, plan, tokens: torch.Tensor, need_gradient: bool) -> torch.Tensor:
+        """Forward (and backward) passes over a dev plan, from a cleared partition; returns this
+        rank's summed NLL per task. With the gradient, the partition then holds sum_n of the
+        gradient of task n's dev NLL sum / ``tokens[n]`` (one boundary, on the last micro-step)."""
+        engine, tasks, world = self.engine, self.valid_tasks, distributed.world_size()
         sums = placement.zeros(len(tasks))
         engine.eval()  # no dropout in the held-out gradient
         self.buffers.begin_window()
@@ -148,11 +185,8 @@ class CATSHook:
                         engine.set_gradient_accumulation_boundary(last)
                         engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))
                     sums[window.task] += loss.nll_sum
-        if need_gradient:
-            self.buffers.capture_meta()
         engine.train()
-        losses = distributed.all_reduce_sum(sums).cpu() / tokens
-        return {"losses": losses.numpy(), "has_gradient": need_gradient}
+        return sums
 
     # ------------------------------------------------------------------------------------------
     # checkpoints and the run record
@@ -176,3 +210,14 @@ class CATSHook:
     def describe_start(self) -> dict:
         """The scaler state training starts (or resumes) from, for the run record."""
         return {"alpha": self.scaler.alpha.tolist(), **self.scaler.describe()}
+
+
+def check_dev_sets(valid_tasks: list[TaskData], meta_tokens_per_task: int) -> None:
+    """Refuses a meta batch larger than a task's whole dev set: the dev sampler would repeat
+    examples within one batch, so the meta statistics would weight them twice."""
+    for task in valid_tasks:
+        held = int(task.lengths().sum())
+        if held < meta_tokens_per_task:
+            raise ValueError(f"cats.meta_tokens_per_task={meta_tokens_per_task} is more than task {task.name}'s "
+                             f"dev set holds ({held} source+target tokens): lower it to at most {held}, or give "
+                             "that task more dev sentences")

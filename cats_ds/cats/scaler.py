@@ -14,8 +14,14 @@ N tasks, scales s = N * alpha and alpha on the floored simplex
     lambda <- max(0, lambda + lr_lambda * c(alpha_new))
 
 Objectives: ``lookahead`` f = -(d^T s)/eps with d = meta_dots (None: d = G 1),
-grad f = -N d / eps; ``weighted_loss`` grad f = L / mean(L); ``robust``
-grad f = -L / mean(L).
+grad f = -N d / eps; ``second_order`` f = (-d^T s + eta/2 s^T M s)/eps with M[n, m] =
+g_n^T H_dev g_m (the dev loss's Hessian between task gradients, ``curvature``) and
+eta = second_order_lr, grad f = N (-d + eta M s) / eps; ``weighted_loss`` grad f = L / mean(L);
+``robust`` grad f = -L / mean(L).
+
+Meta signal. With ``meta_ema`` > 0 the primal-dual step sees exponential moving averages
+(decay meta_ema, over the calls that bring them) of the meta losses, the meta dots and M
+instead of the step's own values; 0 uses each step's values as they are.
 
 Parameterizations. ``scales`` (above): s = N alpha multiplies the share-weighted task
 gradients g_n = (T_n / T_B) gbar_n, so a task's weight in the update moves only by the factor
@@ -52,7 +58,7 @@ logger = logging.getLogger(__name__)
 EPSILON_MODES = ("relative", "absolute")
 PARAMETERIZATIONS = ("scales", "weights")
 METHODS = ("cats", "pcgrad", "mgda")
-OBJECTIVES = ("lookahead", "weighted_loss", "robust")
+OBJECTIVES = ("lookahead", "second_order", "weighted_loss", "robust")
 META_SOURCES = ("dev", "train")
 GRAM_MODES = ("full", "diagonal")
 BUFFER_DTYPES = ("fp32", "bf16", "fp16")
@@ -121,6 +127,16 @@ class CATSConfig:
       training-batch meta gradients the lookahead optimum is s = 1 (no-op).
     - ``parameterization = "scales"``: the measured default so far; ``weights``
       gives CATS authority over the mixture (module docstring).
+    - ``meta_ema = 0.0``: each update follows its own step's dev statistics
+      (the behaviour before the option existed); docs/design.md reports what
+      smoothing does to the weights' stability.
+    - ``second_order_lr = 1.0`` (eta): the step length of the second-order
+      model, L(theta - eta g_hat); eta -> 0 turns ``second_order`` into
+      ``lookahead``. ``curvature_every = 1``: M is recomputed on every
+      update (2N extra dev passes each); it must be a multiple of
+      ``interval``, and between recomputations the last M is used.
+      ``curvature_step = 1e-3``: the finite-difference perturbation's norm
+      relative to the parameters' (cats_ds/cats/hessian.py).
 
     ``meta_source`` (where meta losses and the meta gradient h come from),
     ``cosine_every`` (how often the trainer logs the cosine matrix),
@@ -150,6 +166,11 @@ class CATSConfig:
     buffer_dtype: str = "fp32"        # dtype of the per-task gradient buffers: fp32, bf16 or fp16
     meta_tokens_per_task: int = 1000  # source+target tokens of each task's dev batch, all ranks together
     parameterization: str = "scales"  # scales (s = N alpha on the mixture) or weights (w = alpha on mean gradients)
+    meta_ema: float = 0.0             # decay of the moving average of the meta statistics over updates; 0: none
+    second_order_lr: float = 1.0      # second_order: the step length eta of the quadratic model's term eta/2 s^T M s
+    curvature_every: int = 1          # second_order: recompute M every k steps (a multiple of interval)
+    curvature_step: float = 1e-3      # second_order: finite-difference step, relative to (1 + |theta|) / |g_n|
+
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise _config_error("enabled", self.enabled, "a bool")
@@ -172,6 +193,20 @@ class CATSConfig:
         if self.parameterization == "weights" and self.method != "cats":
             raise _config_error("parameterization", self.parameterization,
                                 f"'scales' with method {self.method!r} (weights are a CATS parameterization)")
+        _check_real("meta_ema", self.meta_ema, 0.0, 1.0, high_open=True)
+        self._check_curvature()
+
+    def _check_curvature(self) -> None:
+        _check_real("second_order_lr", self.second_order_lr, 0.0, math.inf, low_open=True)
+        _check_int("curvature_every", self.curvature_every, 1)
+        _check_real("curvature_step", self.curvature_step, 0.0, 1.0, low_open=True)
+        if self.objective == "second_order" and self.curvature_every % self.interval:   # M only on update steps
+            raise _config_error("curvature_every", self.curvature_every,
+                                f"a multiple of cats.interval={self.interval} (M is computed on update steps)")
+        if self.objective == "second_order" and self.meta_source != "dev":
+            raise _config_error("objective", self.objective,
+                                "'lookahead' or a loss objective with cats.meta_source=train (the curvature "
+                                "term is the Hessian of the dev loss)")
 
 
 def project_floored_simplex(v: ArrayLike, floor: float, mass: float = 1.0) -> torch.Tensor:
@@ -226,6 +261,18 @@ def _optional_float(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+_META_KEYS = ("losses", "dots", "curvature")   # the meta statistics TaskScaler averages (meta_ema)
+
+
+def _masked_ema(average: torch.Tensor | None, value: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
+    """decay * average + (1 - decay) * value where ``mask`` holds; elsewhere the average stays.
+    The first value (and an entry first seen now) is taken as it is: no zero-initialization bias."""
+    if average is None:
+        return value.clone()
+    blended = torch.where(torch.isnan(average), value, decay * average + (1.0 - decay) * value)
+    return torch.where(mask, blended, average)
+
+
 class TaskScaler:
     """Holds alpha and lambda for N tasks and updates them from per-step Gram matrices.
 
@@ -256,6 +303,7 @@ class TaskScaler:
         self._last_eps: float | None = None
         self._last_constraint: float | None = None  # c at the alpha the last step produced
         self._last_update_sq_norm: float | None = None  # s^T G s at that alpha: the update's squared norm
+        self._meta: dict[str, torch.Tensor | None] = dict.fromkeys(_META_KEYS)   # meta_ema averages; M
 
     @property
     def scales(self) -> torch.Tensor:
@@ -304,6 +352,19 @@ class TaskScaler:
         past_warmup = next_step - self.config.warmup_steps
         return self.config.enabled and past_warmup > 0 and past_warmup % self.config.interval == 0
 
+    def curvature_due(self) -> bool:
+        """True when the next update() call should bring a fresh curvature matrix M: the first
+        primal-dual step and every curvature_every steps after it (``second_order`` only)."""
+        past_warmup = self._step + 1 - self.config.warmup_steps
+        first = past_warmup - self.config.interval
+        return (self.config.objective == "second_order" and self.update_due()
+                and first % self.config.curvature_every == 0)
+
+    @property
+    def curvature(self) -> torch.Tensor | None:
+        """The M the next primal-dual step uses (its meta_ema average); None before the first."""
+        return None if self._meta["curvature"] is None else self._meta["curvature"].clone()
+
     def describe(self) -> dict[str, float]:
         """Scalars for logging; NaN where not yet defined."""
         return {
@@ -318,11 +379,13 @@ class TaskScaler:
         }
 
     def update(self, losses: ArrayLike, gram: ArrayLike, meta_dots: ArrayLike | None = None,
-               plain: ArrayLike | None = None) -> torch.Tensor:
+               plain: ArrayLike | None = None, curvature: ArrayLike | None = None) -> torch.Tensor:
         """Feed one optimizer step's losses [N], Gram matrix [N, N] and meta dots [N]; return scales [N].
 
         ``plain``: the coefficients of plain training in this parameterization
         (default: s = 1 for ``scales``; ``weights`` passes the realized shares pi).
+        ``curvature``: M [N, N] of the same gradients as ``gram`` (``second_order``;
+        kept for the steps that bring none, see curvature_due()).
         Every call advances the step counter. Finite inputs update the EMA of
         plain training's squared update norm (1^T G 1 for scales); the
         primal-dual step runs only on steps after warmup_steps that fall on the
@@ -336,15 +399,29 @@ class TaskScaler:
         dots64 = None if meta_dots is None else _as_float64("meta_dots", meta_dots, (n,))
         plain64 = torch.ones(n, dtype=torch.float64) if plain is None else _as_float64("plain", plain, (n,))
         present = torch.diagonal(gram64) > 0.0
-        _require_finite(gram=gram64, losses=losses64[present], meta_dots=dots64)
+        curvature64 = None if curvature is None else self._prepare_gram(_as_float64("curvature", curvature, (n, n)))
+        _require_finite(gram=gram64, losses=losses64[present], meta_dots=dots64, curvature=curvature64)
         update_due = self.update_due()
         self._step += 1
         if not self.config.enabled:
             return self.scales
         self._update_ema(float(plain64 @ gram64 @ plain64))
         if update_due:
+            losses64, dots64 = self._average_meta(losses64, dots64, curvature64, present)
             self._primal_dual_step(losses64, gram64, dots64, present, plain64)
         return self.scales
+
+    def _average_meta(self, losses: torch.Tensor, dots: torch.Tensor | None, curvature: torch.Tensor | None,
+                      present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Folds this update's meta statistics into their meta_ema averages and returns the averaged
+        losses and dots (M is read by the objective). Entries of absent tasks keep their average."""
+        fresh = {"losses": (losses, present), "dots": (dots, present),
+                 "curvature": (curvature, present[:, None] & present[None, :])}
+        for key, (value, mask) in fresh.items():
+            if value is not None:
+                self._meta[key] = _masked_ema(self._meta[key], value, mask, self.config.meta_ema)
+        dots = None if dots is None else self._meta["dots"]
+        return self._meta["losses"], dots
 
     def _prepare_gram(self, gram: torch.Tensor) -> torch.Tensor:
         # The partial Grams summed over ranks are symmetric only up to rounding;
@@ -374,6 +451,11 @@ class TaskScaler:
         if self.config.objective == "lookahead":
             dots = gram @ plain if meta_dots is None else meta_dots
             return -self._gain * dots / eps
+        if self.config.objective == "second_order":
+            curvature = self._meta["curvature"]
+            if meta_dots is None or curvature is None:
+                return None
+            return self._gain * (-meta_dots + self.config.second_order_lr * (curvature @ self.scales)) / eps
         grad = torch.zeros(n, dtype=torch.float64)
         mean_loss = float(losses[present].mean())
         if not mean_loss > 0.0:
@@ -393,7 +475,8 @@ class TaskScaler:
             return
         grad_f = self._objective_grad(losses, gram, meta_dots, eps, present, plain)
         if grad_f is None:
-            self._skip("the mean loss of the present tasks is not positive")
+            self._skip("second_order has no meta dots or curvature matrix" if self.config.objective == "second_order"
+                       else "the mean loss of the present tasks is not positive")
             return
         grad_c = 2.0 * self._gain * (gram @ self.scales) / eps
         step_target = self._alpha - self.config.lr_alpha * (grad_f + self._lam * grad_c)
@@ -423,11 +506,14 @@ class TaskScaler:
             "last_eps": self._last_eps,
             "last_constraint": self._last_constraint,
             "last_update_sq_norm": self._last_update_sq_norm,
+            **{f"meta_{key}": value for key, value in self._meta.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "last_curvature" in state:   # the name checkpoints written before the rename use
             state = {**state, "last_update_sq_norm": state["last_curvature"]}
+        # checkpoints from before meta_ema and second_order hold no averages: start them afresh
+        state = {**{f"meta_{key}": None for key in _META_KEYS}, **state}
         missing = [key for key in self.state_dict() if key not in state]
         if missing:
             raise ValueError(f"TaskScaler.load_state_dict: missing keys {missing}")
@@ -448,6 +534,7 @@ class TaskScaler:
         self._last_eps = state["last_eps"]
         self._last_constraint = state["last_constraint"]
         self._last_update_sq_norm = state["last_update_sq_norm"]
+        self._meta = {key: state[f"meta_{key}"] for key in _META_KEYS}
 
     def _check_loaded_alpha(self, alpha: torch.Tensor) -> None:
         if tuple(alpha.shape) != (self.num_tasks,) or not bool(torch.isfinite(alpha).all()):

@@ -30,9 +30,20 @@ def mean_gradient_statistics(gram: torch.Tensor, dots: torch.Tensor | None, shar
 
     A task absent from the step (pi_n = 0, so g_n = 0) gets zero rows: it has no mean gradient.
     """
-    inverse = torch.where(shares > 0, 1.0 / shares.clamp(min=1e-300), torch.zeros_like(shares)).double()
-    gram_bar = inverse[:, None] * gram.double() * inverse[None, :]
-    return gram_bar, None if dots is None else inverse * dots.double()
+    inverse = _inverse_shares(shares)
+    return mean_gradient_matrix(gram, shares), None if dots is None else inverse * dots.double()
+
+
+def mean_gradient_matrix(matrix: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """D^-1 A D^-1 for a bilinear form A[n, m] = g_n^T K g_m of the share-weighted gradients (the Gram
+    matrix, K = I, or the curvature matrix M, K = H_dev): the same form of the mean gradients."""
+    inverse = _inverse_shares(shares)
+    return inverse[:, None] * matrix.double() * inverse[None, :]
+
+
+def _inverse_shares(shares: torch.Tensor) -> torch.Tensor:
+    """1 / pi_n, and 0 for a task absent from the step (pi_n = 0), float64."""
+    return torch.where(shares > 0, 1.0 / shares.clamp(min=1e-300), torch.zeros_like(shares)).double()
 
 
 def scales_from_weights(weights: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,10 @@ share of the Gram matrix, one all-reduce of N*N + N numbers completes it, and
 sum_n s_n * buffer_n is written back into the partition, so DeepSpeed's own step (overflow
 check, norm, clipping, optimizer, all-gather) runs on the rescaled gradient.
 
+``PartitionParameters`` gives the finite-difference curvature term (``second_order``,
+cats_ds/cats/hessian.py) this rank's partition of the parameters: written, then gathered as
+DeepSpeed's own step() (ZeRO-1/2) or forward (ZeRO-3) does.
+
 The partition accessors rely on the DeepSpeed 0.19.8 internals listed in
 docs/design.md, section 7; requirements.txt pins that version. The buffers and
 the statistics stay on the training device (cats_ds.placement), next to the partition.
@@ -15,7 +19,11 @@ the statistics stay on the training device (cats_ds.placement), next to the part
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+from deepspeed import comm as dist
+from deepspeed.runtime.utils import all_gather_dp_groups
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 
@@ -125,6 +133,51 @@ def _check_supported(engine, optimizer, stage: int) -> None:
             raise UnsupportedSetupError(_OFFLOAD_REFUSAL)
     else:
         raise UnsupportedSetupError(f"zero_optimization.stage={stage} is not a ZeRO stage")
+
+
+class PartitionParameters:
+    """This rank's partition of the model parameters (fp32), for the finite-difference curvature
+    term (cats_ds/cats/hessian.py), laid out like the gradient partition. ZeRO-1/2: the rank's
+    slice of each parameter group's flat buffer; writing it and all-gathering, as DeepSpeed's own
+    step() does after the optimizer update, gives every rank the moved model. ZeRO-3: each
+    parameter's ds_tensor; writing them and releasing the gathered parameters makes the next
+    forward gather the moved values."""
+
+    def __init__(self, engine) -> None:
+        self.optimizer = optimizer = engine.optimizer
+        self.stage = engine.zero_optimization_stage()
+        if self.stage in (1, 2):
+            self.partitions = [optimizer.parallel_partitioned_bit16_groups[i][dist.get_rank(group=group)]
+                               for i, group in enumerate(optimizer.real_dp_process_group)]
+        else:   # the order of grad_partitions_flat_buffer (stage3.py L789-801)
+            self.partitions = [p.ds_tensor for p in itertools.chain.from_iterable(optimizer.fp16_groups)]
+        if any(partition.dtype != torch.float32 for partition in self.partitions):
+            raise UnsupportedSetupError("cats.objective=second_order needs fp32 training: the finite differences of "
+                                        "the curvature term are lost in bf16/fp16 parameters; remove bf16/fp16 from "
+                                        "the DeepSpeed config")
+
+    def read(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.partitions]).clone()
+
+    def write(self, flat: torch.Tensor) -> None:
+        """Overwrites this rank's partition and makes every rank's model compute with the result."""
+        offset = 0
+        for partition in self.partitions:
+            partition.data.copy_(flat[offset:offset + partition.numel()].view_as(partition))
+            offset += partition.numel()
+        assert offset == flat.numel(), (offset, flat.numel())
+        optimizer = self.optimizer
+        if self.stage == 3:
+            # gathered parameters (persistent ones included) are dropped without being written back
+            # (ds_tensor is the truth), so the next forward gathers the new partitions
+            optimizer.parameter_offload.partition_all_parameters()
+            return
+        # the all-gather of stage_1_and_2.py step() (L3155-3159)
+        all_gather_dp_groups(groups_flat=optimizer.bit16_groups_flat,
+                             partitioned_param_groups=optimizer.parallel_partitioned_bit16_groups,
+                             dp_process_group=optimizer.real_dp_process_group,
+                             start_alignment_factor=optimizer.nccl_start_alignment_factor,
+                             allgather_bucket_size=optimizer.allgather_bucket_size)
 
 
 class TaskGradientBuffers:
