@@ -42,16 +42,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from cats_ds import distributed, placement
+from cats_ds.config import RunConfig
 from cats_ds.data.sampler import reshard_states
-
-if TYPE_CHECKING:
-    from cats_ds.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -381,11 +379,20 @@ def restore_run(run, state: dict, where: Path) -> None:
 
 
 def _check_same_settings(now: dict, saved: dict, where: Path) -> None:
-    differing = sorted(key for key in now.keys() | saved.keys() if now.get(key) != saved.get(key))
+    differing = settings_differences(now, saved)
     if differing:
-        details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}" for key in differing)
+        details = "; ".join(f"{key}: saved {saved.get(key, '(not recorded)')!r}, now {now.get(key)!r}"
+                            for key in differing)
         raise ValueError(f"{where} belongs to a run with other settings ({details}); resume with the saved "
                          "settings, or start a new run in another train.run_dir")
+
+
+def settings_differences(now: dict, saved: dict) -> list[str]:
+    """The trajectory settings in which ``now`` and ``saved`` differ. A key the checkpoint does
+    not record was added to cats-ds after it was written, and that run behaved as the key's
+    default does: it counts as the default. A key it records that no longer exists is ignored."""
+    defaults = trajectory_settings(RunConfig())
+    return sorted(key for key in now if now[key] != saved.get(key, defaults.get(key)))
 
 
 def _own_rank_state(per_rank: list[dict], seed: int, step: int) -> dict:

@@ -9,12 +9,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import deepspeed
 import pytest
 import torch
 
 from cats_ds import checkpoint, distributed
+from cats_ds.config import RunConfig
 from conftest import REPO
 
 
@@ -166,3 +168,30 @@ def test_a_full_disk_during_a_save_names_the_path_and_the_lack_of_space(tmp_path
     assert result.returncode != 0
     assert re.search(rf"saving step 3 into {re.escape(str(tmp_path))}/checkpoints/step00000003\.partial failed: "
                      r"no space left", result.stderr), result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the settings a resume must keep
+
+def test_resuming_with_other_trajectory_settings_names_the_keys():
+    saved = checkpoint.trajectory_settings(RunConfig())
+    changed = RunConfig()
+    changed.optim.lr, changed.cats.objective = 1e-4, "robust"
+    with pytest.raises(ValueError, match=r"cats.objective: saved 'lookahead', now 'robust'; optim.lr: saved 0.002"):
+        checkpoint._check_same_settings(checkpoint.trajectory_settings(changed), saved, Path("ckpt"))
+
+
+def test_how_long_to_train_and_how_to_evaluate_may_change():
+    changed = RunConfig()
+    changed.train.max_steps, changed.eval.every_steps, changed.train.run_dir = 5, 7, "elsewhere"
+    assert checkpoint.settings_differences(checkpoint.trajectory_settings(changed),
+                                           checkpoint.trajectory_settings(RunConfig())) == []
+
+
+def test_a_key_newer_than_the_checkpoint_counts_as_its_default():
+    saved = checkpoint.trajectory_settings(RunConfig())
+    del saved["cats.meta_ema"]
+    saved["cats.removed_since"] = 3          # a key cats-ds no longer has
+    now = RunConfig()
+    assert checkpoint.settings_differences(checkpoint.trajectory_settings(now), saved) == []
+    now.cats.meta_ema = 0.9
+    assert checkpoint.settings_differences(checkpoint.trajectory_settings(now), saved) == ["cats.meta_ema"]
