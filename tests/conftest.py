@@ -64,3 +64,6 @@ def package_source(dest: Path) -> Path:
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "cats_ds", dest / "cats_ds", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest
+
+
+CATS_DS = Path(sys.executable).with_name("cats-ds")   # the console script of this environment

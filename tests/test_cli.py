@@ -3,7 +3,6 @@ the packaged DeepSpeed configs and what a built wheel carries."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -11,7 +10,7 @@ import zipfile
 import pytest
 
 from cats_ds import cli, packaged
-from conftest import REPO, package_source
+from conftest import CATS_DS, REPO, package_source
 
 
 def test_help_lists_every_subcommand_with_one_line(capsys):
@@ -38,8 +37,7 @@ def test_each_subcommand_shows_its_own_help(name, capsys):
 
 
 def test_the_console_script_runs_a_subcommand():
-    script = os.path.join(os.path.dirname(sys.executable), "cats-ds")
-    result = subprocess.run([script, "sizes", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(CATS_DS), "sizes", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
 
 
