@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from cats_ds import score
+from cats_ds import cli, score
 from conftest import CATS_DS, REPO
 from corpus_fixture import write_config, write_corpus
 
@@ -172,3 +172,25 @@ def test_zero_1_and_3_checkpoints_load_without_an_engine(workspace, stage):
     cats_ds("evaluate", str(run))
     evaluated = results(run / "evaluations" / "step00000003.test.beam1")
     assert scores_only(evaluated["test"]) == scores_only(results(run)["test"])
+
+
+@pytest.mark.slow
+def test_cats_ds_export_of_a_checkpoint_scores_as_that_checkpoint(run_dir, tmp_path):
+    cats_ds("export", str(run_dir / "checkpoints" / "step00000003"), "--out", str(tmp_path / "export3"))
+    # an export copied away from its run names the run's config
+    cats_ds("evaluate", str(tmp_path / "export3"), "--run-config", str(run_dir / "config.yaml"),
+            "--out", str(tmp_path / "from_export"))
+    cats_ds("evaluate", str(run_dir / "checkpoints" / "step00000003"), "--out", str(tmp_path / "from_checkpoint"))
+    assert scores_only(results(tmp_path / "from_export")["test"]) == \
+        scores_only(results(tmp_path / "from_checkpoint")["test"])
+
+
+def test_cats_ds_export_refuses_an_export(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("{}")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    (export / "spm.model").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["export", str(export), "--out", str(tmp_path / "again")])
+    assert stop.value.code == 2 and f"{export}: already an export" in capsys.readouterr().err
