@@ -94,6 +94,20 @@ def test_bad_numbers_are_refused_naming_the_option(option, value, tmp_path, caps
     assert f"{option}: must be >= " in refusal(capsys, str(tmp_path), option, value)
 
 
+def test_each_bleu_tokenizer_gets_its_own_sacrebleu_command_which_reproduces_the_scores(tmp_path):
+    from cats_ds.evaluate import Decoded
+    from cats_ds.evaluate import score as score_one
+    from cats_ds.results import write_results
+    decoded = {"fr-en": Decoded(["the king said unto them", "good bread", ""], ["the king said", "good bread", "fire"]),
+               "en-zh": Decoded(["国王对他们说", "好面包"], ["国王说", "好的面包"])}
+    scores = {name: score_one(d.hypotheses, d.references, name.split("-")[1]) for name, d in decoded.items()}
+    write_results(tmp_path, {"checkpoint": {"tag": "step00000001", "step": 1}, "test": scores}, decoded, set())
+    text = (tmp_path / "results.md").read_text()
+    assert "--tokenize zh" in text and "--tokenize 13a" in text
+    assert (tmp_path / "references" / "test.fr-en.txt").read_text() == "the king said\ngood bread\nfire\n"
+    assert_sacrebleu_reproduces(tmp_path, "test")
+
+
 # ------------------------------------------------------------------------------------------------
 # a tiny run
 
