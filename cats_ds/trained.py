@@ -83,7 +83,10 @@ def _chosen_checkpoint(run_dir: Path) -> Path:
     checkpoints, results = run_dir / "checkpoints", run_dir / "results.json"
     candidates = []
     if results.is_file():
-        candidates.append(json.loads(results.read_text())["checkpoint"]["tag"])
+        try:
+            candidates.append(json.loads(results.read_text())["checkpoint"]["tag"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{results}: no readable checkpoint.tag ({error!r})") from None
     for pointer in (checkpoint.BEST, checkpoint.LATEST):
         if (checkpoints / pointer).is_file():
             candidates.append((checkpoints / pointer).read_text().strip())

@@ -80,6 +80,12 @@ def test_a_run_without_checkpoints_is_refused(tmp_path, capsys):
     assert f"{tmp_path / 'checkpoints'}: no checkpoint to evaluate" in refusal(capsys, str(tmp_path))
 
 
+def test_a_run_whose_results_json_is_unreadable_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("{}")
+    (tmp_path / "results.json").write_text('{"checkpoint": ')
+    assert f"{tmp_path / 'results.json'}: no readable checkpoint.tag" in refusal(capsys, str(tmp_path))
+
+
 def test_an_export_without_its_run_config_asks_for_one(tmp_path, capsys):
     export = tmp_path / "export"
     export.mkdir()
