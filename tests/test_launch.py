@@ -124,10 +124,10 @@ class Training:
         self.tree = [psutil.Process(self.script.pid)]
 
     def find_processes(self) -> None:
-        """After 3 steps: the deepspeed launcher (train.sh itself where it execs it) and the 2 ranks."""
+        """After 3 steps: the deepspeed launcher ($PYTHON -m deepspeed.launcher.runner) and the 2 ranks."""
         self._wait_for_steps(3)
         self.tree += psutil.Process(self.script.pid).children(recursive=True)
-        self.launcher = next(p for p in self.tree if p.cmdline()[1:2] and p.cmdline()[1].endswith("bin/deepspeed"))
+        self.launcher = next(p for p in self.tree if "deepspeed.launcher.runner" in p.cmdline())
         self.ranks = [p for p in self.tree if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
         assert len(self.ranks) == 2, [p.cmdline() for p in self.tree]
 
