@@ -1,9 +1,9 @@
-"""The DeepSpeed JSON configs shipped inside the package (``cats_ds/ds_configs/``).
+"""The DeepSpeed JSON configs shipped inside the package (``cats_ds/ds_configs/``), found by name.
 
-Run configs name them as ``ds_configs/zero2.json`` (or just ``zero2.json``). A path that exists
-from the working directory wins, so a user's own JSON of that name is taken; otherwise the name
-is looked up among the packaged files, so that the shipped run configs work from any directory
-once cats-ds is installed.
+``ds_config`` resolves what ``train.ds_config`` names: a path that exists from the working
+directory wins (a user's own JSON of that name), else a name such as ``zero2.json`` or
+``ds_configs/zero2.json`` is the packaged file, wherever cats-ds is installed. In the checkout
+the top-level ``ds_configs`` is a link to the same files.
 """
 
 from __future__ import annotations
