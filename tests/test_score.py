@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cats_ds import cli, score
-from conftest import CATS_DS, REPO
+from conftest import CATS_DS, REPO, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
@@ -214,3 +214,23 @@ def test_cats_ds_export_refuses_an_export(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["export", str(export), "--out", str(tmp_path / "again")])
     assert stop.value.code == 2 and f"{export}: already an export" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_two_rank_zero3_checkpoint_merges_into_the_weights_training_exported(workspace):
+    import torch
+    from safetensors.torch import load_file
+
+    from cats_ds import trained
+    from cats_ds.config import load_config
+    from cats_ds.data.tokenizer import Tokenizer
+    root, corpus, cache = workspace
+    config = write_config(root / "zero3x2.yaml", corpus, root / "zero3x2", cache,
+                          train={"max_steps": 3, "save_every": 0, "threads": 1, "ds_config": "ds_configs/zero3.json"})
+    run_deepspeed(["--module", "cats_ds.train", "--config", str(config)], processes=2)
+    source = trained.locate(root / "zero3x2")
+    assert source.name == "step00000003"
+    model = trained.load_model(source, load_config(source.run_config),
+                               Tokenizer.load(root / "zero3x2" / "export" / "spm.model"))
+    merged, exported = model.state_dict(), load_file(root / "zero3x2" / "export" / "model.safetensors")
+    assert exported and all(torch.equal(merged[key], value) for key, value in exported.items())
