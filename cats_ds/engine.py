@@ -14,13 +14,14 @@ from pathlib import Path
 import deepspeed
 import torch
 
+from cats_ds import packaged
 from cats_ds.config import RunConfig
 
 
 def build_engine(config: RunConfig, model: torch.nn.Module, load_universal: bool = False):
     """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule;
     ``load_universal`` when the checkpoint to resume from is a universal one (new world size)."""
-    ds_config = load_ds_config(Path(config.train.ds_config), config)
+    ds_config = load_ds_config(packaged.ds_config(config.train.ds_config), config)
     if load_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     # DeepSpeed casts parameters but not buffers (M2M100's sinusoidal position table), and CPU

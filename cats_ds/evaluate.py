@@ -133,29 +133,42 @@ def score(hypotheses: list[str], references: list[str], tgt_lang: str, tokenizer
     """BLEU, chrF++, the share of distinct outputs and the BLEU of the most frequent output repeated."""
     from sacrebleu.metrics import BLEU, CHRF   # here, so that reading a run config does not load sacreBLEU
     tokenize = bleu_tokenizer(tgt_lang, tokenizer_choice)
-    bleu = BLEU(tokenize=tokenize)
+    bleu, chrf = BLEU(tokenize=tokenize), CHRF(word_order=2)
     most_common = Counter(hypotheses).most_common(1)[0][0] if hypotheses else ""
     return {
         "bleu": bleu.corpus_score(hypotheses, [references]).score,
-        "chrf": CHRF(word_order=2).corpus_score(hypotheses, [references]).score,
+        "chrf": chrf.corpus_score(hypotheses, [references]).score,
         "distinct": len(set(hypotheses)) / max(1, len(hypotheses)),
         "constant_bleu": BLEU(tokenize=tokenize).corpus_score([most_common] * len(references), [references]).score,
         "sentences": len(hypotheses),
+        # with the references and hypotheses written beside the results, these let the sacrebleu
+        # command reproduce every score (cats_ds/results.py writes that command)
         "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_tokenize": tokenize,
     }
 
 
+@dataclass
+class Decoded:
+    """One direction's decoded sentences and the references they were scored against."""
+
+    hypotheses: list[str]
+    references: list[str]
+
+
 def evaluate_bleu(module, tokenizer: Tokenizer, bitexts: dict[Direction, Bitext], config: EvalConfig,
-                  synced: bool, limit: int) -> tuple[dict[str, dict], dict[str, list[str]]]:
-    """Scores every direction; returns per-direction scores and the hypotheses."""
-    scores, hypotheses = {}, {}
+                  synced: bool, limit: int) -> tuple[dict[str, dict], dict[str, Decoded]]:
+    """Scores the first ``limit`` sentences (0: all) of every direction; returns per-direction
+    scores and what was decoded."""
+    scores, decoded = {}, {}
     for direction, bitext in sorted(bitexts.items()):
         count = len(bitext.src) if limit == 0 else min(limit, len(bitext.src))
         outputs = translate(module, tokenizer, bitext.src[:count], direction.tgt, config, synced,
                             desc=f"decode {direction.name}")
         scores[direction.name] = score(outputs, bitext.tgt[:count], direction.tgt, config.bleu_tokenizer)
-        hypotheses[direction.name] = outputs
-    return scores, hypotheses
+        decoded[direction.name] = Decoded(outputs, bitext.tgt[:count])
+    return scores, decoded
 
 
 def group_means(per_direction: dict[str, dict], low_resource_directions: set[str], key: str) -> dict[str, float]:

@@ -37,19 +37,23 @@ def export_model(engine, tokenizer_path: Path, out_dir: Path, beam: int, max_new
     Under ZeRO-3 the parameters are gathered to every rank first; rank 0 writes.
     ``beam`` and ``max_new_tokens`` become the exported decoding defaults.
     """
-    module = engine.module
-    params = list(module.parameters())
+    params = list(engine.module.parameters())
     gather = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
         if distributed.rank() == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            module.generation_config.update(num_beams=beam, do_sample=False, max_new_tokens=max_new_tokens,
-                                            decoder_start_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
-                                            bos_token_id=BOS_ID)
-            module.save_pretrained(out_dir)
-            shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
-            transformers_tokenizer(tokenizer_path).save_pretrained(out_dir)
+            save_export(engine.module, tokenizer_path, out_dir, beam, max_new_tokens)
     distributed.barrier()
+
+
+def save_export(module, tokenizer_path: Path, out_dir: Path, beam: int, max_new_tokens: int) -> None:
+    """Writes ``out_dir`` from a whole (not partitioned) model, in this process alone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.generation_config.update(num_beams=beam, do_sample=False, max_new_tokens=max_new_tokens,
+                                    decoder_start_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+                                    bos_token_id=BOS_ID)
+    module.save_pretrained(out_dir)
+    shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
+    transformers_tokenizer(tokenizer_path).save_pretrained(out_dir)
 
 
 def transformers_tokenizer(spm_path: Path) -> PreTrainedTokenizerFast:
@@ -73,3 +77,9 @@ def transformers_tokenizer(spm_path: Path) -> PreTrainedTokenizerFast:
     languages = Tokenizer.load(spm_path).languages
     return PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                    unk_token="<unk>", additional_special_tokens=[lang_tag(lang) for lang in languages])
+
+
+def decoding_limit(config) -> int:
+    """The exported ``max_new_tokens`` for a run config: evaluation's limit is per batch (ratio x
+    longest source + 10), the export's is for the longest source the run trained on."""
+    return int(config.eval.max_len_ratio * (config.data.max_len + 2)) + 10

@@ -2,26 +2,23 @@
 # One prepared check of the GPU path (cats_ds/tools/gpu_check.py): exactness, throughput and MFU, a
 # short Bible run with evaluation, export, translate and curvature, resume; one report.
 #   launch/gpu_check.sh [--cpu] [--out DIR]     (--cpu: the dry run on the tiny preset)
-# Python: $PYTHON, else .venv/bin/python, else python3. Where DeepSpeed is missing (a bare GPU
-# machine with torch, transformers, sentencepiece and sacreBLEU), the wheels that
+# Python: $PYTHON, else .venv/bin/python, else python3 (launch/python.sh). Where DeepSpeed is
+# missing (a bare GPU machine with torch, transformers, sentencepiece and sacreBLEU), the wheels that
 # launch/gpu_bundle.sh put in .gpu_bundle/wheels ($GPU_BUNDLE/wheels) are installed into a
 # temporary prefix, and its
 # prepared Bible data (.gpu_bundle/data.tar.gz) becomes the data cache unless CATS_DS_CACHE is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bundle="${GPU_BUNDLE:-.gpu_bundle}"
-python="${PYTHON:-}"
-if [ -z "$python" ]; then
-  if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
-fi
-if ! "$python" -c "import deepspeed" 2>/dev/null; then
+source launch/python.sh
+if ! "$PYTHON" -c "import deepspeed" 2>/dev/null; then
   if ! compgen -G "$bundle/wheels/*.whl" >/dev/null; then
-    echo "$0: DeepSpeed is not importable by $python and $bundle/wheels has no wheels: run" \
+    echo "$0: DeepSpeed is not importable by $PYTHON and $bundle/wheels has no wheels: run" \
          "launch/gpu_bundle.sh on a machine with PyPI access and carry $bundle here" >&2
     exit 2
   fi
   prefix=$(mktemp -d)
-  "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$prefix" "$bundle"/wheels/*.whl
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$prefix" "$bundle"/wheels/*.whl
   export PYTHONPATH="$prefix${PYTHONPATH:+:$PYTHONPATH}" PATH="$prefix/bin:$PATH"
 fi
 if [ -z "${CATS_DS_CACHE:-}" ] && [ -f "$bundle/data.tar.gz" ]; then
@@ -31,4 +28,4 @@ if [ -z "${CATS_DS_CACHE:-}" ] && [ -f "$bundle/data.tar.gz" ]; then
 fi
 case " $* " in *" --cpu "*) export DS_ACCELERATOR=cpu ;; esac
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "$python" -m cats_ds.tools.gpu_check "$@"
+exec "$PYTHON" -m cats_ds.tools.gpu_check "$@"

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-bash launch/train.sh cats_ds/configs/bible8_cpu.yaml "$@"
+# the environment setup.sh just made, whatever PYTHON named (the interpreter it was made from)
+env -u PYTHON bash launch/train.sh cats_ds/configs/bible8_cpu.yaml "$@"

@@ -2,6 +2,7 @@
 # Creates .venv in the repository with everything cats-ds needs; quick when it is already there.
 # torch: the CUDA build from PyPI where an NVIDIA GPU is visible, the CPU build otherwise
 # (from a local wheelhouse in pip's find-links when it has one, else PyTorch's CPU index).
+# PYTHON: the interpreter .venv is made from (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"

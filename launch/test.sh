@@ -10,4 +10,7 @@ if [ "$(id -u)" = 0 ] && { [ "${CI:-}" = true ] || [ "${CATS_DS_SLURM:-}" = 1 ];
   trap 'bash launch/slurm/local_cluster.sh stop' EXIT
   bash launch/slurm/local_cluster.sh start || echo "WARNING: no local Slurm cluster; tests/test_slurm.py will skip" >&2
 fi
-.venv/bin/python -m pytest -q "$@"
+# the environment setup.sh just made, whatever PYTHON named (the interpreter it was made from)
+unset PYTHON
+source launch/python.sh
+"$PYTHON" -m pytest -q "$@"

@@ -24,7 +24,7 @@ fi
 # job control: the launcher and everything it starts get a process group of their own (its id is
 # the launcher's pid), where the ranks can be found even after the launcher is gone
 set -m
-.venv/bin/deepspeed --num_accelerators "$procs" --master_port "${MASTER_PORT:-29500}" \
+"$PYTHON" -m deepspeed.launcher.runner --num_accelerators "$procs" --master_port "${MASTER_PORT:-29500}" \
   --module cats_ds.train --config "$config" "$@" &
 launcher=$!
 

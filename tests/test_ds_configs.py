@@ -1,4 +1,4 @@
-"""Every DeepSpeed JSON in ds_configs/: loads, is used by a launch file, and trains a step (all run on CPU)."""
+"""Every DeepSpeed JSON in cats_ds/ds_configs/: loads, is used by a launch file, and trains a step (all run on CPU)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cats_ds.config import RunConfig
 from cats_ds.engine import load_ds_config
 from conftest import REPO, cpu_supports_fp16, needs_fp16, run_deepspeed
 
-DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
+DS_CONFIGS = sorted((REPO / "cats_ds" / "ds_configs").glob("*.json"))
 FP16_CONFIGS = {p for p in DS_CONFIGS if json.loads(p.read_text()).get("fp16", {}).get("enabled")}
 RUNNABLE_HERE = [p for p in DS_CONFIGS if p not in FP16_CONFIGS or cpu_supports_fp16()]
 # CATS refuses these at start; the message names the setting and what to change

@@ -41,6 +41,31 @@ def test_script_passes_shellcheck(script):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_no_script_but_setup_names_the_repository_venv():
+    # they run $PYTHON (launch/python.sh), so a cluster's conda environment or module works
+    for script in SCRIPTS:
+        code = [line for line in script.read_text().splitlines() if not line.lstrip().startswith("#")]
+        if script.name not in ("setup.sh", "python.sh"):
+            assert not [line for line in code if ".venv" in line], script
+
+
+def chosen_python(where: Path, python: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"} | ({"PYTHON": python} if python else {})
+    result = subprocess.run(["bash", "-c", f"source {REPO / 'launch' / 'python.sh'}; echo \"$PYTHON\""], cwd=where,
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_scripts_python_is_PYTHON_else_the_repository_venv_else_python3(tmp_path):
+    assert chosen_python(tmp_path) == "python3"
+    assert chosen_python(tmp_path, "/opt/conda/bin/python") == "/opt/conda/bin/python"
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    assert chosen_python(tmp_path) == ".venv/bin/python"
+    assert chosen_python(tmp_path, "/opt/conda/bin/python") == "/opt/conda/bin/python"
+
+
 def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     slurm_free = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     return subprocess.run(["bash", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -99,10 +124,10 @@ class Training:
         self.tree = [psutil.Process(self.script.pid)]
 
     def find_processes(self) -> None:
-        """After 3 steps: the deepspeed launcher (train.sh itself where it execs it) and the 2 ranks."""
+        """After 3 steps: the deepspeed launcher ($PYTHON -m deepspeed.launcher.runner) and the 2 ranks."""
         self._wait_for_steps(3)
         self.tree += psutil.Process(self.script.pid).children(recursive=True)
-        self.launcher = next(p for p in self.tree if p.cmdline()[1:2] and p.cmdline()[1].endswith("bin/deepspeed"))
+        self.launcher = next(p for p in self.tree if "deepspeed.launcher.runner" in p.cmdline())
         self.ranks = [p for p in self.tree if any(arg.startswith("--local_rank=") for arg in p.cmdline())]
         assert len(self.ranks) == 2, [p.cmdline() for p in self.tree]
 

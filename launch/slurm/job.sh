@@ -12,7 +12,7 @@ source launch/env.sh
 if [ $# -lt 1 ]; then echo "usage: sbatch launch/slurm/train.sbatch CONFIG.yaml [key.sub=value ...]" >&2; exit 2; fi
 config="$1"; shift
 [ -f "$config" ] || { echo "$0: config file $config not found in $PWD" >&2; exit 2; }
-run_dir=$(.venv/bin/python -m cats_ds.tools.launchcheck slurm-job)
+run_dir=$("$PYTHON" -m cats_ds.tools.launchcheck slurm-job)
 echo "job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (restart ${SLURM_RESTART_COUNT:-0}): run directory $run_dir"
 
 requeue=false
@@ -24,8 +24,8 @@ forward_usr1() {
 }
 trap forward_usr1 USR1
 # train.run_dir before the user's overrides: the last value of a key wins
-srun --kill-on-bad-exit=1 .venv/bin/python -m cats_ds.tools.launchcheck slurm-exec \
-  .venv/bin/python -m cats_ds.train --config "$config" "train.run_dir=$run_dir" "$@" &
+srun --kill-on-bad-exit=1 "$PYTHON" -m cats_ds.tools.launchcheck slurm-exec \
+  "$PYTHON" -m cats_ds.train --config "$config" "train.run_dir=$run_dir" "$@" &
 srun_pid=$!
 # a trapped signal ends wait early: wait again until srun has exited
 status=0
