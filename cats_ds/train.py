@@ -38,6 +38,7 @@ from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.engine import build_engine
 from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu
+from cats_ds.export import decoding_limit, export_model
 from cats_ds.loss import plan_tokens, token_loss
 from cats_ds.metrics import MetricsWriter
 from cats_ds.model import build_hf_config, build_model, count_parameters, describe
@@ -335,12 +336,7 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
     if distributed.rank() == 0:
         print("\n" + write_results(run_dir, results, hypotheses, low_dirs), flush=True)
     if config.train.export:
-        export_dir = run_dir / "export"
-        from cats_ds.export import export_model
-        # evaluation's decoding limit is per batch (ratio x longest source); the export's is for the longest one
-        longest_source = config.data.max_len + 2
-        export_model(run.engine, data.tokenizer_path, export_dir, config.eval.beam,
-                     int(config.eval.max_len_ratio * longest_source) + 10)
+        export_model(run.engine, data.tokenizer_path, run_dir / "export", config.eval.beam, decoding_limit(config))
     return results
 
 
