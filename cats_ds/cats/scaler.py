@@ -44,8 +44,9 @@ A task is *absent* from a step when its gradient is exactly zero, i.e.
 G[n, n] == 0 (its Gram row and column are then zero). The step has no
 information about an absent task, so its alpha is frozen: only the present
 tasks' alphas move, projected onto the floored simplex with the mass they hold
-together (``softmax``: an absent task's logit stays; its weight follows the normalization). Without the freeze the literal formula would shift weight away from
-every task that was merely not sampled (its gradient entries are 0 while the
+together (``softmax``: an absent task's logit stays; its weight follows the
+normalization). Without the freeze the literal formula would shift weight away
+from every task that was merely not sampled (its gradient entries are 0 while the
 others' are negative under ``lookahead``), which penalises rarely sampled,
 i.e. low-resource, tasks. Losses of absent tasks are ignored and may be NaN.
 """
