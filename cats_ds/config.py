@@ -211,7 +211,8 @@ def _with_cats_variant(written: dict[str, Any], overrides: list[str], data: dict
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Reads a run config file (or the defaults when ``path`` is None), applies overrides, fills in
-    the keys of cats.variant that neither sets (cats_ds/cats/variants.py), checks every numeric key's range and the cross-field rules (check_consistency)."""
+    cats.variant's keys (cats_ds/cats/variants.py), checks every numeric key's range and the
+    cross-field rules (check_consistency)."""
     written = load_yaml(Path(path)) if path else {}
     data = apply_overrides(RunConfig, written, list(overrides))
     try:

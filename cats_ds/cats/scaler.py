@@ -179,7 +179,7 @@ class CATSConfig:
     cosine_every: int = 10            # log the task-gradient cosine matrix every k steps
     buffer_dtype: str = "fp32"        # dtype of the per-task gradient buffers: fp32, bf16 or fp16
     meta_tokens_per_task: int = 1000  # source+target tokens of each task's dev batch, all ranks together
-    parameterization: str = "scales"  # scales (s = N alpha), weights (w = alpha on mean gradients) or softmax (w = softmax(theta))
+    parameterization: str = "scales"  # scales (s = N alpha), weights (w = alpha on mean gradients) or softmax
     meta_ema: float = 0.0             # decay of the moving average of the meta statistics over updates; 0: none
     second_order_lr: float = 1.0      # second_order: the step length eta of the quadratic model's term eta/2 s^T M s
     curvature_every: int = 1          # second_order: recompute M every k steps (a multiple of interval)
