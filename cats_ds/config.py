@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from cats_ds.cats import CATSConfig
+from cats_ds.cats.variants import with_variant
 from cats_ds.configio import ConfigError, apply_overrides, from_dict, keys_help, load_yaml
 from cats_ds.data.pipeline import DataConfig, planned_tasks
 from cats_ds.evaluate import METRICS, EvalConfig
@@ -196,13 +197,26 @@ def _check_alpha_min(config: RunConfig, num_tasks: int) -> None:
                           f"set cats.alpha_min <= {1 / num_tasks:.6g}")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Reads a run config file (or the defaults when ``path`` is None), applies overrides, checks
-    every numeric key's range and the cross-field rules (check_consistency)."""
-    data = load_yaml(Path(path)) if path else {}
-    data = apply_overrides(RunConfig, data, list(overrides))
+def _with_cats_variant(written: dict[str, Any], overrides: list[str], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (the file ``written`` with ``overrides``) with cats.variant's keys filled in
+    (cats_ds/cats/variants.py: keys set where the variant is named, or later, win)."""
+    below, above = written.get("cats", {}), apply_overrides(RunConfig, {}, overrides).get("cats", {})
+    if not (isinstance(below, dict) and isinstance(above, dict)):
+        return data   # a cats value that is no mapping: from_dict reports it
     try:
-        config = from_dict(RunConfig, data)
+        return {**data, "cats": with_variant(below, above)}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Reads a run config file (or the defaults when ``path`` is None), applies overrides, fills in
+    cats.variant's keys (cats_ds/cats/variants.py), checks every numeric key's range and the
+    cross-field rules (check_consistency)."""
+    written = load_yaml(Path(path)) if path else {}
+    data = apply_overrides(RunConfig, written, list(overrides))
+    try:
+        config = from_dict(RunConfig, _with_cats_variant(written, list(overrides), data))
         check_ranges(config)
         check_consistency(config)
     except ConfigError as err:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cats_ds.tools.bench import markdown_table
+from cats_ds.tools.bench import VARIANT_RUNS, markdown_table, variant_names, variants_table
 from cats_ds.model import ModelConfig, estimate_parameters
 from cats_ds.tools.sizes import cats_buffer_bytes
 from conftest import run_deepspeed
@@ -45,3 +45,46 @@ def test_table_means_times_over_ranks_and_takes_the_largest_memory():
     assert len(rows) == 4 and rows[0].count("|") == rows[2].count("|") == 14
     assert rows[2] == "| 2 | 2 | 0.400 | 0.500 | 1.250 | 1.050 | 2667 | 2083 | 120 | 160 | 1.33 | 50.0 | 700 |"
     assert rows[3] == "| 1 | 1 | 1.000 | 1.500 | 1.500 | 1.050 | 1000 | 667 | 90 | 180 | 2.00 | 50.0 | 700 |"
+
+
+@pytest.mark.slow
+def test_variants_on_the_tiny_preset_time_each_and_the_curvature_term(tmp_path):
+    out = tmp_path / "variants.json"
+    run_deepspeed(["--module", "cats_ds.tools.bench", "--stage", "2", "--steps", "4", "--warmup", "1",
+                   "--variants", "second_order,reimpl_softmax,mgda", "--json", str(out), "model.preset=tiny",
+                   "cats.curvature_every=2"], processes=1, timeout=600)
+    [report] = json.loads(out.read_text())
+    variants = report["variants"]
+    assert list(variants) == ["plain", "second_order", "reimpl_softmax", "mgda"]
+    assert all(cost["step_s"] > 0 for cost in variants.values())
+    # every variant updates on every step; M on the first update (the warmup step) and every 2 steps after
+    assert len(variants["second_order"]["curvature_s"]) == 2 and variants["second_order"]["curvature_every"] == 2
+    assert all(seconds > 0 for seconds in variants["second_order"]["curvature_s"])
+    assert variants["reimpl_softmax"]["curvature_s"] == []
+    # M is 2N = 16 extra dev passes: a second_order step costs more than plain's on average
+    assert variants["second_order"]["step_s"] > variants["plain"]["step_s"]
+
+
+def test_variant_names_put_plain_first_and_name_the_unknown():
+    assert variant_names("all") == list(VARIANT_RUNS)
+    assert variant_names("mgda, plain,mgda") == ["plain", "mgda"]
+    with pytest.raises(Exception, match="unknown: reimpl_sofmax"):
+        variant_names("reimpl_sofmax")
+
+
+def _variants_rank(plain_s, second_s, peaks, curvature):
+    memory = {name: {"peak_mib": peak, "held_mib": peak / 2} for name, peak in peaks.items()}
+    return {"stage": 2, "world_size": 2, "steps": 4, "variants": {
+        "plain": {"step_s": plain_s, "memory": memory["plain"], "curvature_s": [], "curvature_every": 1},
+        "second_order": {"step_s": second_s, "memory": memory["second_order"], "curvature_s": curvature,
+                         "curvature_every": 2}}}
+
+
+def test_variants_table_ratios_extra_memory_and_amortized_curvature():
+    ranks = [_variants_rank(1.0, 3.0, {"plain": 100, "second_order": 150}, [2.0, 4.0]),
+             _variants_rank(2.0, 4.0, {"plain": 110, "second_order": 140}, [2.0, 2.0])]
+    rows = variants_table([ranks]).splitlines()
+    assert rows[2] == "| 2 | 2 | plain | 1.500 | 1.000 | 110 | 0 | 0 | - | - | - |"
+    # time: means over ranks (3.5 / 1.5); extra memory: the largest over ranks; M: 2 of 4 steps,
+    # 2.5 s each on average, (6/4 + 4/4) / 2 = 1.25 s per timed step
+    assert rows[3] == "| 2 | 2 | second_order | 3.500 | 2.333 | 150 | 50 | 25 | 2x (every 2) | 2.500 | 1.250 |"

@@ -16,6 +16,7 @@ inside this class; the loop (cats_ds/train.py) only calls it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from cats_ds import distributed, placement
 from cats_ds.cats.hessian import curvature_matrix
-from cats_ds.cats.scaler import TaskScaler
+from cats_ds.cats.scaler import MEAN_GRADIENT_PARAMETERIZATIONS, TaskScaler
 from cats_ds.cats.statistics import all_finite, mean_gradient_matrix, mean_gradient_statistics, scales_from_weights
 from cats_ds.cats.surgery import GradientSurgery
 from cats_ds.cats.zero import PartitionGradients, PartitionParameters, TaskGradientBuffers
@@ -46,17 +47,18 @@ class CATSHook:
     scales: torch.Tensor                         # float64 [N], applied this step
     parameters: PartitionParameters | None = None   # moved by the curvature term (second_order)
     meta: dict | None = None                     # this step's dev meta pass, if one ran
+    curvature_s: float = float("nan")            # seconds the last M took (its cost per update, logged)
 
     @classmethod
     def build(cls, config, engine, valid_tasks: list[TaskData], pad_id: int, eos_id: int,
               sampling_probs: np.ndarray) -> CATSHook | None:
         """The hook for a run config (cats_ds.config.RunConfig); None when CATS is off. Weights
-        (``cats.parameterization: weights``) start at the sampling distribution."""
+        (``cats.parameterization: weights`` or ``softmax``) start at the sampling distribution."""
         if not config.cats.enabled:
             return None
         num_tasks = len(valid_tasks)
         if config.cats.method == "cats":
-            weights = config.cats.parameterization == "weights"
+            weights = config.cats.parameterization in MEAN_GRADIENT_PARAMETERIZATIONS
             scaler = TaskScaler(config.cats, num_tasks=num_tasks, initial=sampling_probs if weights else None)
         else:
             scaler = GradientSurgery(config.cats, num_tasks, seed=config.train.seed)
@@ -107,7 +109,7 @@ class CATSHook:
         finite = all_finite(gram, losses, dots, torch.from_numpy(train_loss))
         due = self.parameters is not None and self.scaler.curvature_due()
         curvature = self._curvature(gram) if finite and due else None
-        weights = self.scaler.config.parameterization == "weights"
+        weights = self.scaler.config.parameterization in MEAN_GRADIENT_PARAMETERIZATIONS
         if weights:   # the scaler sees the per-task mean gradients gbar_n = g_n / pi_n
             gram, dots = mean_gradient_statistics(gram, dots, shares)
             curvature = None if curvature is None else mean_gradient_matrix(curvature, shares)
@@ -132,21 +134,28 @@ class CATSHook:
         def dev_gradient(out: torch.Tensor) -> None:
             self._dev_pass(plan, tokens, need_gradient=True)
             partition.read_into(out)
-        return curvature_matrix(self.buffers.tasks, gram.diagonal(), self.parameters, dev_gradient,
-                                self.scaler.config.curvature_step,
-                                lambda values: distributed.all_reduce_sum(values, group=group))
+        placement.synchronize()   # the device's queue drained on both sides: the time is M's alone
+        start = time.perf_counter()
+        curvature = curvature_matrix(self.buffers.tasks, gram.diagonal(), self.parameters, dev_gradient,
+                                     self.scaler.config.curvature_step,
+                                     lambda values: distributed.all_reduce_sum(values, group=group))
+        placement.synchronize()
+        self.curvature_s = time.perf_counter() - start
+        return curvature
 
     def _record(self, gram: torch.Tensor, dots: torch.Tensor | None, losses: torch.Tensor,
                 curvature: torch.Tensor | None, step: int) -> dict:
         """The step's CATS metrics; gram, dots and M as the scaler saw them (mean gradients for weights)."""
         norms = gram.diagonal().clamp(min=0).sqrt()
-        record = {"parameterization": self.scaler.config.parameterization, "scales": self.scales.tolist(),
+        record = {"variant": self.scaler.config.variant, "parameterization": self.scaler.config.parameterization,
+                  "scales": self.scales.tolist(),
                   "alpha": self.scaler.alpha.tolist(), "lambda": float(self.scaler.lam), "grad_norm": norms.tolist(),
                   "meta_losses": losses.tolist(), **self.scaler.describe()}
         if dots is not None:   # what drives the lookahead objective: the alignment <h, g_n> of each task
             record["alignment"] = dots.tolist()
         if curvature is not None:   # the second_order objective's quadratic term, on the steps that compute it
             record["curvature"] = curvature.tolist()
+            record["curvature_s"] = self.curvature_s
         if step % self.scaler.config.cosine_every == 0:
             record["cosine"] = (gram / torch.outer(norms, norms).clamp(min=1e-30)).tolist()
         return record
@@ -209,7 +218,7 @@ class CATSHook:
 
     def describe_start(self) -> dict:
         """The scaler state training starts (or resumes) from, for the run record."""
-        return {"alpha": self.scaler.alpha.tolist(), **self.scaler.describe()}
+        return {"variant": self.scaler.config.variant, "alpha": self.scaler.alpha.tolist(), **self.scaler.describe()}
 
 
 def check_dev_sets(valid_tasks: list[TaskData], meta_tokens_per_task: int) -> None:

@@ -32,14 +32,21 @@ gradients' statistics, Gbar = D^-1 G D^-1 and dbar = D^-1 d with D = diag(pi), a
 = pi (the weights of plain training); the same primal-dual step then runs with s = w (gain 1
 instead of N), and the caller turns w into the partition's scales s_n = w_n / pi_n
 (cats_ds/cats/statistics.py). w starts at the sampling distribution, projected onto the
-floored simplex; w = pi is plain training exactly.
+floored simplex; w = pi is plain training exactly. ``softmax``: the same weights on the mean
+gradients as w = softmax(theta) (no floor: alpha_min must be 0); the step moves the logits,
+theta <- theta - lr_alpha J^T (grad f + lambda grad c) with J = diag(w) - w w^T the softmax's
+Jacobian, starting at theta = log(pi).
+
+Multiplier. ``monotone_lambda``: lambda never decreases, lambda <- lambda + lr_lambda max(0, c)
+(the MGDA-like reading of the paper; docs/cats.md, "Variants").
 
 A task is *absent* from a step when its gradient is exactly zero, i.e.
 G[n, n] == 0 (its Gram row and column are then zero). The step has no
 information about an absent task, so its alpha is frozen: only the present
 tasks' alphas move, projected onto the floored simplex with the mass they hold
-together. Without the freeze the literal formula would shift weight away from
-every task that was merely not sampled (its gradient entries are 0 while the
+together (``softmax``: an absent task's logit stays; its weight follows the
+normalization). Without the freeze the literal formula would shift weight away
+from every task that was merely not sampled (its gradient entries are 0 while the
 others' are negative under ``lookahead``), which penalises rarely sampled,
 i.e. low-resource, tasks. Losses of absent tasks are ignored and may be NaN.
 """
@@ -53,10 +60,13 @@ from typing import Any, Sequence
 
 import torch
 
+from cats_ds.cats.variants import check_variant
+
 logger = logging.getLogger(__name__)
 
 EPSILON_MODES = ("relative", "absolute")
-PARAMETERIZATIONS = ("scales", "weights")
+PARAMETERIZATIONS = ("scales", "weights", "softmax")
+MEAN_GRADIENT_PARAMETERIZATIONS = ("weights", "softmax")   # w acts on the per-task mean gradients
 METHODS = ("cats", "pcgrad", "mgda")
 OBJECTIVES = ("lookahead", "second_order", "weighted_loss", "robust")
 META_SOURCES = ("dev", "train")
@@ -137,6 +147,10 @@ class CATSConfig:
       ``interval``, and between recomputations the last M is used.
       ``curvature_step = 1e-3``: the finite-difference perturbation's norm
       relative to the parameters' (cats_ds/cats/hessian.py).
+    - ``monotone_lambda = False``: lambda also decreases when the constraint
+      holds, the standard dual ascent; True is the MGDA-like reading.
+    - ``variant = "custom"``: no named variant; a name sets several of these
+      keys at once (cats_ds/cats/variants.py), applied by cats_ds.config.
 
     ``meta_source`` (where meta losses and the meta gradient h come from),
     ``cosine_every`` (how often the trainer logs the cosine matrix),
@@ -159,17 +173,19 @@ class CATSConfig:
     alpha_min: float = 0.0            # floor on each task weight alpha; at most 1 / number of tasks
     warmup_steps: int = 0             # steps before the first CATS update
     interval: int = 1                 # update the scales every k steps
-    objective: str = "lookahead"      # lookahead, weighted_loss or robust
+    objective: str = "lookahead"      # lookahead, second_order, weighted_loss or robust
     meta_source: str = "dev"          # where meta losses and gradients come from: dev or train batches
     gram: str = "full"                # full task Gram matrix or its diagonal
     cosine_every: int = 10            # log the task-gradient cosine matrix every k steps
     buffer_dtype: str = "fp32"        # dtype of the per-task gradient buffers: fp32, bf16 or fp16
     meta_tokens_per_task: int = 1000  # source+target tokens of each task's dev batch, all ranks together
-    parameterization: str = "scales"  # scales (s = N alpha on the mixture) or weights (w = alpha on mean gradients)
+    parameterization: str = "scales"  # scales (s = N alpha), weights (w = alpha on mean gradients) or softmax
     meta_ema: float = 0.0             # decay of the moving average of the meta statistics over updates; 0: none
     second_order_lr: float = 1.0      # second_order: the step length eta of the quadratic model's term eta/2 s^T M s
     curvature_every: int = 1          # second_order: recompute M every k steps (a multiple of interval)
     curvature_step: float = 1e-3      # second_order: finite-difference step, relative to (1 + |theta|) / |g_n|
+    monotone_lambda: bool = False     # the multiplier lambda never decreases: lambda += lr_lambda * max(c, 0)
+    variant: str = "custom"           # a named set of these keys (cats_ds/cats/variants.py); custom: the keys as set
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -189,12 +205,21 @@ class CATSConfig:
         _check_int("meta_tokens_per_task", self.meta_tokens_per_task, 1)
         _check_choice("gram", self.gram, GRAM_MODES)
         _check_int("cosine_every", self.cosine_every, 1)
+        _check_real("meta_ema", self.meta_ema, 0.0, 1.0, high_open=True)
+        if not isinstance(self.monotone_lambda, bool):
+            raise _config_error("monotone_lambda", self.monotone_lambda, "a bool")
+        check_variant(self.variant)
+        self._check_parameterization()
+        self._check_curvature()
+
+    def _check_parameterization(self) -> None:
         _check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
-        if self.parameterization == "weights" and self.method != "cats":
+        if self.parameterization != "scales" and self.method != "cats":
             raise _config_error("parameterization", self.parameterization,
                                 f"'scales' with method {self.method!r} (weights are a CATS parameterization)")
-        _check_real("meta_ema", self.meta_ema, 0.0, 1.0, high_open=True)
-        self._check_curvature()
+        if self.parameterization == "softmax" and self.alpha_min != 0.0:
+            raise _config_error("alpha_min", self.alpha_min,
+                                "0 with parameterization 'softmax' (softmax weights are positive, with no floor)")
 
     def _check_curvature(self) -> None:
         _check_real("second_order_lr", self.second_order_lr, 0.0, math.inf, low_open=True)
@@ -276,8 +301,8 @@ def _masked_ema(average: torch.Tensor | None, value: torch.Tensor, mask: torch.T
 class TaskScaler:
     """Holds alpha and lambda for N tasks and updates them from per-step Gram matrices.
 
-    ``update`` returns the scales s = N * alpha (parameterization ``weights``:
-    the weights w = alpha) as a float64 CPU tensor (a fresh copy; callers
+    ``update`` returns the scales s = N * alpha (parameterization ``weights`` or
+    ``softmax``: the weights w = alpha) as a float64 CPU tensor (a fresh copy; callers
     convert to their dtype and device). ``initial``: the starting alpha
     (default uniform), projected onto the floored simplex.
     """
@@ -295,6 +320,8 @@ class TaskScaler:
         if initial is not None:
             start = _as_float64("initial", initial, (num_tasks,))
             self._alpha = project_floored_simplex(start / start.sum(), config.alpha_min)
+        # softmax: the logits theta the steps move, alpha = softmax(theta); None for the other parameterizations
+        self._theta = self._alpha.log() if config.parameterization == "softmax" else None
         self._lam = 0.0
         self._ema_plain_sq_norm: float | None = None  # EMA of 1^T G 1
         self._step = 0  # number of update() calls
@@ -479,25 +506,38 @@ class TaskScaler:
                        else "the mean loss of the present tasks is not positive")
             return
         grad_c = 2.0 * self._gain * (gram @ self.scales) / eps
-        step_target = self._alpha - self.config.lr_alpha * (grad_f + self._lam * grad_c)
-        # Absent tasks keep their alpha; present ones share the mass they hold.
-        new_alpha = self._alpha.clone()
-        present_mass = 1.0 - float(self._alpha[~present].sum())
-        new_alpha[present] = project_floored_simplex(step_target[present], self.config.alpha_min, present_mass)
-        self._alpha = new_alpha
+        self._primal_step(grad_f + self._lam * grad_c, present)
         # The dual step evaluates c at the NEW alpha (alternating primal-dual):
         # lambda reacts to the scales that will actually be applied.
         new_scales = self.scales
         update_sq_norm = float(new_scales @ gram @ new_scales)
         constraint = update_sq_norm / eps - 1.0
-        self._lam = max(0.0, self._lam + self.config.lr_lambda * constraint)
+        increment = self.config.lr_lambda * constraint
+        self._lam = max(0.0, self._lam + (max(increment, 0.0) if self.config.monotone_lambda else increment))
         self._last_eps, self._last_update_sq_norm, self._last_constraint = eps, update_sq_norm, constraint
         self._num_updates += 1
+
+    def _primal_step(self, grad_alpha: torch.Tensor, present: torch.Tensor) -> None:
+        """alpha moves against grad_alpha (grad f + lambda grad c): projected onto the floored simplex,
+        or for softmax through its logits, grad_theta = J^T grad_alpha with J = diag(alpha) - alpha alpha^T."""
+        if self._theta is not None:
+            grad_theta = self._alpha * (grad_alpha - self._alpha @ grad_alpha)
+            grad_theta[~present] = 0.0   # absent tasks keep their logit
+            self._theta = self._theta - self.config.lr_alpha * grad_theta
+            self._alpha = torch.softmax(self._theta, dim=0)
+            return
+        step_target = self._alpha - self.config.lr_alpha * grad_alpha
+        # Absent tasks keep their alpha; present ones share the mass they hold.
+        new_alpha = self._alpha.clone()
+        present_mass = 1.0 - float(self._alpha[~present].sum())
+        new_alpha[present] = project_floored_simplex(step_target[present], self.config.alpha_min, present_mass)
+        self._alpha = new_alpha
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "num_tasks": self.num_tasks,
             "alpha": self._alpha.clone(),
+            "theta": None if self._theta is None else self._theta.clone(),
             "lam": self._lam,
             "ema_plain_sq_norm": self._ema_plain_sq_norm,
             "step": self._step,
@@ -513,7 +553,8 @@ class TaskScaler:
         if "last_curvature" in state:   # the name checkpoints written before the rename use
             state = {**state, "last_update_sq_norm": state["last_curvature"]}
         # checkpoints from before meta_ema and second_order hold no averages: start them afresh
-        state = {**{f"meta_{key}": None for key in _META_KEYS}, **state}
+        # ... and checkpoints from before softmax no logits: they are log(alpha)
+        state = {**{f"meta_{key}": None for key in _META_KEYS}, "theta": None, **state}
         missing = [key for key in self.state_dict() if key not in state]
         if missing:
             raise ValueError(f"TaskScaler.load_state_dict: missing keys {missing}")
@@ -526,6 +567,9 @@ class TaskScaler:
         if not (math.isfinite(lam) and lam >= 0.0):
             raise ValueError(f"TaskScaler.load_state_dict: lam must be finite and >= 0, got {lam!r}")
         self._alpha = alpha
+        if self.config.parameterization == "softmax":
+            theta = state["theta"]
+            self._theta = alpha.log() if theta is None else torch.as_tensor(theta, dtype=torch.float64).clone()
         self._lam = lam
         self._ema_plain_sq_norm = state["ema_plain_sq_norm"]
         self._step = int(state["step"])

@@ -11,12 +11,18 @@ prints a markdown table; --out also writes it with the command, date, machine an
 
     DS_ACCELERATOR=cpu python -m cats_ds.tools.bench --ranks 1 2 --stages 1 2 3 --steps 30 [--out FILE] [...]
 
-Both engines start from the same weights and consume the very same plans. Memory first: each
+The cost per variant (plain, each named CATS variant of cats_ds/cats/variants.py, pcgrad, mgda),
+one engine each in the same process on the same plans, every variant updating on every step;
+with --ranks/--stages the same as a table (second_order's M: add e.g. cats.curvature_every=5):
+
+    DS_ACCELERATOR=cpu python -m cats_ds.tools.bench --variants all|NAME,NAME --ranks 1 --stages 2 [--out FILE]
+
+All engines start from the same weights and consume the very same plans. Memory first: each
 engine is built and runs the warmup steps alone (by default up to CATS's first update, so its
 dev meta pass and meta buffer are included), and its memory is what it adds over the level
 before it was built: the peak, and what it still holds afterwards (CUDA: allocated bytes; CPU:
-resident set size; see ``MemoryMeter``). Then the timed steps alternate the two engines' order
-every step, so machine noise hits both alike. Reported per rank: mean step time (CATS's meta
+resident set size; see ``MemoryMeter``). Then the timed steps rotate the engines' order
+every step, so machine noise hits all alike. Reported per rank: mean step time (CATS's meta
 pass, every cats.interval steps, included), training tokens/s (source+target, all ranks), the
 ratio, the median ratio of steps without a meta pass, CATS's buffer memory against the
 partition size, each engine's memory, and the model TFLOP/s of the training batches
@@ -53,6 +59,7 @@ import torch
 
 from cats_ds import distributed, placement
 from cats_ds.cats.hook import CATSHook
+from cats_ds.cats.variants import VARIANTS
 from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
@@ -62,7 +69,8 @@ from cats_ds.tools.sizes import training_flops
 from cats_ds.train import Run, train_step
 
 PAD, EOS = 1, 2
-METHODS = (("plain", False), ("cats", True))
+# --variants: plain training, each named CATS variant, and the gradient-surgery baselines
+VARIANT_RUNS = ("plain", *VARIANTS, "pcgrad", "mgda")
 
 
 def synthetic_tasks(num_tasks: int, vocab: int, max_len: int, seed: int) -> list[TaskData]:
@@ -162,30 +170,34 @@ def first_update_step(config: RunConfig) -> int:
     return config.cats.warmup_steps + config.cats.interval
 
 
-def make_run(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans, cats: bool) -> Run:
-    run_config = copy.deepcopy(config)
-    run_config.cats.enabled = cats
-    engine = build_engine(run_config, copy.deepcopy(model))
-    probs = temperature_probs([len(t) for t in tasks], run_config.sampling.temperature)
-    return Run(run_config, engine, tasks, tasks, plans, CATSHook.build(run_config, engine, tasks, PAD, EOS, probs),
-               PAD, EOS)
+def make_run(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans) -> Run:
+    engine = build_engine(config, copy.deepcopy(model))
+    probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
+    return Run(config, engine, tasks, tasks, plans, CATSHook.build(config, engine, tasks, PAD, EOS, probs), PAD, EOS)
 
 
-def build_runs(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans, warmup_plans: list,
+def without_cats(config: RunConfig) -> RunConfig:
+    plain = copy.deepcopy(config)
+    plain.cats.enabled = False
+    return plain
+
+
+def build_runs(configs: dict[str, RunConfig], model, tasks: list[TaskData], plans: FixedPlans, warmup_plans: list,
                meter: MemoryMeter) -> tuple[dict[str, Run], dict[str, dict]]:
-    """Builds plain then CATS, each warmed up alone on the same plans; returns runs and their memory.
+    """Builds one engine per config in order, each warmed up alone on the same plans; returns runs
+    and their memory.
 
     A throwaway plain engine takes one step first, so that one-time costs (library set-up, the
-    first collectives' buffers) are in neither engine's figure.
+    first collectives' buffers) are in no engine's figure.
     """
-    primer = make_run(config, model, tasks, plans, cats=False)
+    primer = make_run(without_cats(next(iter(configs.values()))), model, tasks, plans)
     plans.plan = warmup_plans[0]
     train_step(primer)
     del primer
     runs, memory = {}, {}
-    for name, cats in METHODS:
+    for name, config in configs.items():
         base = meter.start()
-        runs[name] = make_run(config, model, tasks, plans, cats)
+        runs[name] = make_run(config, model, tasks, plans)
         for plan in warmup_plans:
             plans.plan = plan
             train_step(runs[name])
@@ -193,42 +205,74 @@ def build_runs(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlan
     return runs, memory
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """One stage at this launch's world size; returns this rank's result (printed on rank 0)."""
-    distributed.init()
-    if not placement.on_gpu():
-        torch.set_num_threads(1)
-        torch.set_flush_denormal(True)
-    meter = MemoryMeter()
+def timed_steps(runs: dict[str, Run], sampler: LanguageSyncSampler, plans: FixedPlans, steps: int) -> list[dict]:
+    """Times every run on the same plans, the order rotated every step so that machine noise hits
+    all alike. Per step: {name: (seconds, metrics, whether the step ran a dev meta pass)}."""
+    names, timeline = list(runs), []
+    for step in range(steps):
+        plans.plan = sampler.next_step()
+        order = names[step % len(names):] + names[:step % len(names)]
+        entry = {}
+        for name in order:
+            cats = runs[name].cats
+            meta_step = cats is not None and cats.scaler.update_due() and cats.scaler.config.meta_source == "dev"
+            seconds, metrics = timed_step(runs[name])
+            entry[name] = (seconds, metrics, meta_step)
+        timeline.append(entry)
+    return timeline
+
+
+def stage_config(args: argparse.Namespace, overrides: list[str]) -> RunConfig:
+    """The run config with the ZeRO stage and precision of the arguments."""
     suffix = "" if args.precision == "fp32" else f"_{args.precision}"
-    config = load_config(args.config, [f"train.ds_config=ds_configs/zero{args.stage}{suffix}.json", *args.overrides])
+    return load_config(args.config, [f"train.ds_config=ds_configs/zero{args.stage}{suffix}.json", *overrides])
+
+
+def setup(args: argparse.Namespace, config: RunConfig) -> tuple[list[TaskData], object, float]:
+    """Synthetic tasks, the model and the mean sequence length."""
     tasks = synthetic_tasks(args.tasks, config.data.vocab_size, config.data.max_len, seed=1)
     seq_len = float(np.mean(np.concatenate([t.src_lengths() for t in tasks])))
     model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0, EOS),
                         config.train.seed)
+    return tasks, model, seq_len
+
+
+def plan_sampler(config: RunConfig, tasks: list[TaskData]) -> LanguageSyncSampler:
     probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
-    sampler = LanguageSyncSampler([t.lengths() for t in tasks], probs, config.sampling.tokens_per_step,
-                                  config.sampling.max_tokens_per_micro, seed=1, rank=distributed.rank(),
-                                  world_size=distributed.world_size(), sort_block=config.sampling.sort_block)
-    plans = FixedPlans()
+    return LanguageSyncSampler([t.lengths() for t in tasks], probs, config.sampling.tokens_per_step,
+                               config.sampling.max_tokens_per_micro, seed=1, rank=distributed.rank(),
+                               world_size=distributed.world_size(), sort_block=config.sampling.sort_block)
+
+
+def init_process() -> MemoryMeter:
+    distributed.init()
+    if not placement.on_gpu():
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(True)
+    return MemoryMeter()
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One stage at this launch's world size; returns this rank's result (printed on rank 0)."""
+    meter = init_process()
+    config = stage_config(args, args.overrides)
+    tasks, model, seq_len = setup(args, config)
+    sampler, plans = plan_sampler(config, tasks), FixedPlans()
     warmup = args.warmup if args.warmup is not None else first_update_step(config)
-    runs, memory = build_runs(config, model, tasks, plans, [sampler.next_step() for _ in range(warmup)], meter)
+    runs, memory = build_runs({"plain": without_cats(config), "cats": config}, model, tasks, plans,
+                              [sampler.next_step() for _ in range(warmup)], meter)
     meter.timing()
     times, tokens, flops = {"plain": [], "cats": []}, {"plain": 0.0, "cats": 0.0}, {"plain": 0.0, "cats": 0.0}
     without_meta = []   # CATS/plain ratio of the steps that ran no meta pass
-    for step in range(args.steps):
-        plans.plan = sampler.next_step()
-        meta_step = runs["cats"].cats.scaler.update_due() and config.cats.meta_source == "dev"
-        elapsed = {}
-        for name in (("plain", "cats") if step % 2 == 0 else ("cats", "plain")):
-            elapsed[name], metrics = timed_step(runs[name])
-            times[name].append(elapsed[name])
+    for entry in timed_steps(runs, sampler, plans, args.steps):
+        for name, (seconds, metrics, _) in entry.items():
+            times[name].append(seconds)
             tokens[name] += metrics["target_tokens"] + metrics["source_tokens"]
             # the training batch's model FLOPs on this rank; CATS's meta pass is extra work, not counted
             flops[name] += training_flops(config.model, config.data.vocab_size, metrics["source_tokens"],
                                           metrics["target_tokens"], seq_len) / distributed.world_size()
-        if not meta_step:
-            without_meta.append(elapsed["cats"] / elapsed["plain"])
+        if not entry["cats"][2]:
+            without_meta.append(entry["cats"][0] / entry["plain"][0])
     buffers = runs["cats"].cats.buffers
     result = {
         "stage": args.stage, "world_size": distributed.world_size(), "tasks": args.tasks,
@@ -266,6 +310,97 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# the cost per variant (--variants)
+
+# every variant updates on every step, so its figures are the cost of an update; a variant's own
+# interval divides its meta-pass share of the cost
+EVERY_STEP = ["cats.warmup_steps=0", "cats.interval=1"]
+
+
+def variant_overrides(name: str) -> list[str]:
+    """The overrides that make the run config one of VARIANT_RUNS (before EVERY_STEP and the user's)."""
+    if name == "plain":
+        return ["cats.enabled=false"]
+    if name in ("pcgrad", "mgda"):
+        return ["cats.enabled=true", f"cats.method={name}"]
+    return ["cats.enabled=true", f"cats.variant={name}"]
+
+
+def variant_names(text: str) -> list[str]:
+    """--variants: ``all`` or names of VARIANT_RUNS, comma-separated; plain always, first (the ratios' base)."""
+    names = list(VARIANT_RUNS) if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANT_RUNS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected all or names of {', '.join(VARIANT_RUNS)} "
+                                         f"separated by commas (unknown: {', '.join(unknown) or 'none given'})")
+    return ["plain", *dict.fromkeys(name for name in names if name != "plain")]
+
+
+def measure_variants(args: argparse.Namespace) -> dict:
+    """Every variant of ``args.variants`` (plain first) on the same plans, this launch's world size
+    and stage; returns this rank's result (printed and written on rank 0)."""
+    meter = init_process()
+    configs = {name: stage_config(args, [*variant_overrides(name), *EVERY_STEP, *args.overrides])
+               for name in args.variants}
+    tasks, model, _ = setup(args, configs["plain"])
+    sampler, plans = plan_sampler(configs["plain"], tasks), FixedPlans()
+    warmup = args.warmup if args.warmup is not None else 1
+    runs, memory = build_runs(configs, model, tasks, plans, [sampler.next_step() for _ in range(warmup)], meter)
+    meter.timing()
+    timeline = timed_steps(runs, sampler, plans, args.steps)
+    variants = {}
+    for name, config in configs.items():
+        # M's time on the steps that computed it (second_order; the hook logs it)
+        curvature = [entry[name][1].get("cats", {}).get("curvature_s") for entry in timeline]
+        variants[name] = {"step_s": statistics.mean(entry[name][0] for entry in timeline), "memory": memory[name],
+                          "curvature_s": [seconds for seconds in curvature if seconds is not None],
+                          "curvature_every": config.cats.curvature_every}
+    result = {"stage": args.stage, "world_size": distributed.world_size(), "tasks": args.tasks,
+              "parameters": count_parameters(model), "cats_interval": 1, "warmup": warmup, "steps": args.steps,
+              "tokens_per_step": configs["plain"].sampling.tokens_per_step, "precision": args.precision,
+              "device": _machine(), "variants": variants}
+    report = distributed.all_gather_objects(result)
+    if distributed.rank() == 0:
+        print("\n".join(f"rank {r}: ZeRO-{item['stage']} W={item['world_size']} {name} "
+                        f"{cost['step_s']:.3f}s/step ({cost['step_s'] / item['variants']['plain']['step_s']:.3f} "
+                        f"x plain), memory {json.dumps(cost['memory'])} MiB, M {cost['curvature_s']} s"
+                        for r, item in enumerate(report) for name, cost in item["variants"].items()))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+    return result
+
+
+def variants_table(reports: list[list[dict]]) -> str:
+    """One row per launch and variant: time (mean over ranks) against plain, memory beyond plain
+    (max over ranks), and the curvature term's time per M and amortized per step (mean over ranks)."""
+    lines = ["| ZeRO | ranks | variant | s/step | time vs plain | peak MiB | extra peak MiB | extra held MiB "
+             "| M computed | s per M | M s/step amortized |",
+             "|---:|---:|---|" + "---:|" * 8]
+    for ranks in reports:
+        plain_s = _mean([r["variants"]["plain"] for r in ranks], "step_s")
+        for name in ranks[0]["variants"]:
+            costs = [r["variants"][name] for r in ranks]
+            step_s = _mean(costs, "step_s")
+            extra = {key: max(r["variants"][name]["memory"][key] - r["variants"]["plain"]["memory"][key]
+                              for r in ranks) for key in ("peak_mib", "held_mib")}
+            cells = [ranks[0]["stage"], ranks[0]["world_size"], name, f"{step_s:.3f}", f"{step_s / plain_s:.3f}",
+                     f"{max(c['memory']['peak_mib'] for c in costs):.0f}", f"{extra['peak_mib']:.0f}",
+                     f"{extra['held_mib']:.0f}", *_curvature_cells(costs, ranks[0]["steps"])]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _curvature_cells(costs: list[dict], steps: int) -> list[str]:
+    """How often M was computed (and cats.curvature_every), its mean time, and its time per timed step."""
+    times = [seconds for cost in costs for seconds in cost["curvature_s"]]
+    if not times:
+        return ["-", "-", "-"]
+    per_step = statistics.mean(sum(cost["curvature_s"]) / steps for cost in costs)
+    return [f"{len(costs[0]['curvature_s'])}x (every {costs[0]['curvature_every']})",
+            f"{statistics.mean(times):.3f}", f"{per_step:.3f}"]
+
+
+# ----------------------------------------------------------------------------------------------
 # the table over stages and rank counts
 
 
@@ -277,6 +412,7 @@ def launch(args: argparse.Namespace, world: int, stage: int, json_path: Path) ->
                "--tasks", str(args.tasks),
                "--precision", args.precision, *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
                "--steps", str(args.steps), "--json", str(json_path),
+               *(["--variants", ",".join(args.variants)] if args.variants else []),
                *(["--warmup", str(args.warmup)] if args.warmup is not None else []), *args.overrides]
     result = subprocess.run(command, text=True, capture_output=True)
     if result.returncode != 0:
@@ -314,17 +450,21 @@ def table(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         reports = [launch(args, world, stage, Path(tmp) / f"w{world}_s{stage}.json")
                    for world in args.ranks for stage in args.stages]
-    text = markdown_table(reports)
+    text = variants_table(reports) if args.variants else markdown_table(reports)
     first, seconds = reports[0][0], (datetime.datetime.now(datetime.timezone.utc) - started).seconds
     header = (f"Command: `{shlex.join(['python', '-m', 'cats_ds.tools.bench', *sys.argv[1:]])}`\n\n"
               f"Started {started:%Y-%m-%d %H:%M} UTC, took {seconds} s; {_machine()}; load average (1, 5, 15 min) "
               f"before {_load(load_before)}, after {_load(os.getloadavg())}.\n"
               f"{first['parameters']:,} parameters, N={first['tasks']} tasks, {first['tokens_per_step']} tokens per "
               f"step, {first['warmup']} warmup and {first['steps']} timed steps per engine, CATS interval "
-              f"{first['cats_interval']}.\n")
+              f"{first['cats_interval']}{VARIANTS_NOTE if args.variants else ''}.\n")
     if args.out:
         Path(args.out).write_text(header + "\n" + text + "\n")
     return header + "\n" + text
+
+
+VARIANTS_NOTE = (" (every variant updates on every step: the figures are its cost per update); extra MiB: "
+                 "beyond plain's; M: second_order's curvature matrix, logged per computation by the CATS hook")
 
 
 def _machine() -> str:
@@ -352,6 +492,8 @@ def main(argv: list[str] | None = None) -> dict | str:
     parser.add_argument("--ranks", type=int, nargs="+", help="table mode: launch once per rank count and stage")
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3], help="table mode: ZeRO stages")
     parser.add_argument("--out", help="table mode: also write the table (with command, date, machine) here")
+    parser.add_argument("--variants", type=variant_names, metavar="all|NAME,NAME",
+                        help=f"the cost per variant instead, against plain: all, or some of {', '.join(VARIANT_RUNS)}")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. cats.interval=1")
     args = parser.parse_args(argv)
@@ -361,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict | str:
         text = table(args)
         print(text)
         return text
-    return measure(args)
+    return measure_variants(args) if args.variants else measure(args)
 
 
 if __name__ == "__main__":
