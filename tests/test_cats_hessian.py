@@ -1,5 +1,6 @@
 """The finite-difference curvature matrix (cats_ds/cats/hessian.py) against exact float64
-Hessian-vector products by double backward, in one process."""
+Hessian-vector products by double backward, in one process; that reference is itself held to
+the explicit Hessian of a tiny model."""
 
 from __future__ import annotations
 
@@ -121,3 +122,21 @@ def test_a_restore_that_is_not_bitwise_is_an_error():
             super().write(flat + 1e-7)
     with pytest.raises(RuntimeError, match="saved copy"):
         curvature_matrix(rows, (rows.double() ** 2).sum(1), Lossy(model), lambda out: out.zero_(), 1e-3, lambda t: t)
+
+
+def test_the_double_backward_reference_equals_the_explicit_hessian():
+    """The reference itself, against the whole Hessian of the loss over the flattened parameters
+    (torch.autograd.functional.hessian, float64): M = Gbar H Gbar^T."""
+    model, x, y, rows = make_problem()
+    model64 = copy.deepcopy(model).double()
+    names = [name for name, _ in model64.named_parameters()]
+    shapes = [p.shape for p in model64.parameters()]
+    sizes = [p.numel() for p in model64.parameters()]
+
+    def loss_of_flat(flat):
+        pieces = dict(zip(names, (piece.view(shape) for piece, shape in zip(flat.split(sizes), shapes))))
+        return loss_of(lambda inputs: torch.func.functional_call(model64, pieces, (inputs,)), x.double(), y)
+    flat = torch.nn.utils.parameters_to_vector(model64.parameters()).detach()
+    hessian = torch.autograd.functional.hessian(loss_of_flat, flat)
+    explicit = rows.double() @ hessian @ rows.double().T
+    assert relative(exact(model, x, y, rows), explicit) <= 1e-12
