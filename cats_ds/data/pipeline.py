@@ -180,9 +180,12 @@ def _max_len(config: DataConfig, encoded: dict[Direction, Encoded]) -> int:
         return config.max_len
     chosen, limits = length_limit(encoded, AUTO_MAX_LEN_KEEP)
     longest = max(limits, key=limits.get)
-    log.info("data.max_len_auto: max_len %d tokens, so that every direction keeps %.0f%% of its train pairs "
-             "(longest: %s, %d tokens)%s", min(chosen, config.max_len), 100 * AUTO_MAX_LEN_KEEP, longest,
-             limits[longest], f"; capped at data.max_len={config.max_len}" if chosen > config.max_len else "")
+    if chosen > config.max_len:
+        log.warning("data.max_len_auto: max_len %d tokens, capped at data.max_len=%d (keeping %.0f%% of every "
+                    "direction's train pairs needs %d)", config.max_len, config.max_len, 100 * AUTO_MAX_LEN_KEEP, chosen)
+    else:
+        log.info("data.max_len_auto: max_len %d tokens: every direction keeps %.0f%% of its train pairs (the "
+                 "longest at that share: %s, %d tokens)", chosen, 100 * AUTO_MAX_LEN_KEEP, longest, limits[longest])
     return min(chosen, config.max_len)
 
 

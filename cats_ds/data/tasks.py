@@ -155,7 +155,8 @@ def length_limit(encoded: Mapping[Direction, Encoded], keep: float, multiple: in
     limits = {}
     for direction, (sources, targets) in encoded.items():
         longest = np.sort([max(len(s), len(t)) for s, t in zip(sources, targets)])
-        limits[direction.name] = int(longest[math.ceil(keep * len(longest)) - 1])
+        needed = math.ceil(round(keep * len(longest), 9))   # rounded: 0.98 * n may come out a hair above
+        limits[direction.name] = int(longest[needed - 1])
     return -(-max(limits.values()) // multiple) * multiple, limits
 
 
