@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import re
 import sqlite3
@@ -30,6 +31,7 @@ from cats_ds.data.bible import (
 )
 from cats_ds.data.corpus import Direction, read_manifest, read_split
 
+REPO = Path(__file__).resolve().parents[1]
 BOOKS, CHAPTERS, VERSES = 3, 30, 5
 ALL_CHAPTERS = [(b, c) for b in range(1, BOOKS + 1) for c in range(1, CHAPTERS + 1)]
 ASSIGNMENT = assign_chapters(ALL_CHAPTERS)
@@ -366,3 +368,20 @@ def test_real_bible_corpus(tmp_path: Path) -> None:
     assert ("Au commencement, Dieu cr\u00e9a les cieux et la terre.",
             "In the beginning God created the heavens and the earth.") in {
         pair for bitext in french for pair in zip(bitext.src, bitext.tgt)}
+
+
+def test_own_corpus_stand_in_has_the_group_sizes_and_the_presets_verses(db_path: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("own_corpus_bible", REPO / "launch" / "own_corpus_bible.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "own"
+    written = script.write_corpus(out, high_size=100, low_size=20, db_path=db_path)
+    assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in written)   # no manifest
+    sizes = {direction.src: len(bitext) for direction, bitext in read_split(out, "train").items()}
+    assert sizes == {**dict.fromkeys(script.HIGH, 100), **dict.fromkeys(script.LOW, 20)}
+    # the low-resource languages get the verses of the bible8-related preset at that size, valid and test whole
+    preset = prepare_bible("bible8-related", "x2en", tmp_path / "preset", db_path=db_path, low_resource_size=20)
+    for path in written:
+        language = path.name.split(".")[1].split("-")[0]
+        if language in script.LOW or not path.name.startswith("train."):
+            assert path.read_bytes() == (preset / path.name).read_bytes(), path.name

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cats_ds.data.corpus import Bitext, Direction
-from cats_ds.data.tasks import TaskData, build_tasks, collate, group_directions, load_tasks, save_tasks
+from cats_ds.data.tasks import TaskData, build_tasks, collate, group_directions, length_limit, load_tasks, save_tasks
 from cats_ds.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 
 WORDS = {
@@ -104,6 +104,22 @@ def test_too_long_examples_are_dropped_and_counted(tokenizer, caplog):
     assert len(task) == 40 - expected_drops
     assert task.src_lengths().max() <= max_len and task.tgt_lengths().max() <= max_len
     assert f"dropped {expected_drops} of 40" in caplog.text and "fr-en" in caplog.text
+
+
+def test_length_limit_keeps_the_share_of_every_direction_not_of_the_pooled_pairs():
+    def pairs(source_lengths, target_lengths):
+        return [[0] * n for n in source_lengths], [[0] * n for n in target_lengths]
+
+    many = pairs(range(1, 101), [1] * 100)            # max(src, tgt) lengths 1..100
+    few = pairs([5] * 10, list(range(50, 60)))        # 50..59: longer than most of `many`
+    encoded = {Direction("fr", "en"): many, Direction("de", "en"): few}
+    assert length_limit(encoded, 0.98, multiple=1) == (98, {"fr-en": 98, "de-en": 59})
+    assert length_limit(encoded, 0.9, multiple=1) == (90, {"fr-en": 90, "de-en": 58})
+    assert length_limit(encoded, 0.98) == (104, {"fr-en": 98, "de-en": 59})   # rounded up to a multiple of 8
+    assert length_limit({Direction("de", "en"): few}, 1.0, multiple=1)[0] == 59
+    for keep in (0, 1.5):
+        with pytest.raises(ValueError, match="keep must be in"):
+            length_limit(encoded, keep)
 
 
 def test_task_left_empty_is_an_error(tokenizer, bitexts):

@@ -6,7 +6,9 @@ format. The cache key is a hash of the config fields that change the data, so a 
 with the same data settings reuses the corpus, the sentencepiece model and the token arrays;
 such a cache hit checks the corpus files by name, size and modification time and never reads
 the training text. Every task and split carries the count of pairs read, kept and dropped by
-reason (``PreparedData.accounting``, in the cache too), which the trainer records at every start.
+reason (``PreparedData.accounting``, in the cache too), which the trainer records at every start;
+a train task that loses more than DROP_WARNING of its pairs to max_len gets a warning then.
+With ``data.max_len_auto`` the max_len comes from the training lengths (``_max_len``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,23 @@ from typing import Literal
 
 from cats_ds.data import bible
 from cats_ds.data.corpus import Bitext, Direction, find_directions, read_split
-from cats_ds.data.tasks import TaskData, build_tasks, group_directions, load_tasks, pair_counts, save_tasks
+from cats_ds.data.tasks import (
+    Encoded,
+    TaskData,
+    build_tasks,
+    encode_bitexts,
+    group_directions,
+    length_limit,
+    load_tasks,
+    pair_counts,
+    save_tasks,
+)
 from cats_ds.data.tokenizer import DEFAULT_THREADS, Tokenizer, TokenizerError, train_or_load
 
 log = logging.getLogger(__name__)
+
+AUTO_MAX_LEN_KEEP = 0.98   # data.max_len_auto: every direction keeps at least this share of its train pairs
+DROP_WARNING = 0.05        # a train task that loses more than this share to max_len gets a warning
 
 
 @dataclass
@@ -45,6 +60,7 @@ class DataConfig:
     tokenizer_temperature: float = 5.0           # languages sampled ~ size^(1/T) for the tokenizer's training text
     tokenizer_sentences: int = 100_000          # temperature-sampled sentences the tokenizer is trained on
     max_len: int = 64                            # tokens per side; longer pairs are dropped and counted
+    max_len_auto: bool = False                   # max_len from the training lengths (98% of every direction kept); data.max_len the cap
     seed: int = 1                                # seed of the data split and subsampling
     cache_dir: str = ""                          # default $CATS_DS_CACHE or ~/.cache/cats_ds
 
@@ -107,17 +123,23 @@ def prepare(config: DataConfig, threads: int = DEFAULT_THREADS) -> PreparedData:
     cached = _cached_tasks(root, tokenizer_path, corpus_dir, config.max_len, task_of)
     if cached:
         tokenizer, (train, valid) = Tokenizer.load(tokenizer_path, threads), cached
+        if config.max_len_auto:
+            log.info("data.max_len_auto: max_len %d tokens (chosen when the cache was built)",
+                     train[0].counts["max_len"])
     else:
         train_text = read_split(corpus_dir, "train", directions)
         tokenizer = _train_tokenizer(config, train_text, corpus_dir, tokenizer_path, threads)
-        train = build_tasks(train_text, tokenizer, task_of, config.max_len)
-        valid = build_tasks(valid_text, tokenizer, task_of, config.max_len)
+        encoded = encode_bitexts(train_text, tokenizer)
+        max_len = _max_len(config, encoded)
+        train = build_tasks(train_text, tokenizer, task_of, max_len, encoded)
+        valid = build_tasks(valid_text, tokenizer, task_of, max_len)
         fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
         for split, tasks in (("train", train), ("valid", valid)):
             save_tasks(tasks, root / f"{split}_tasks.npz", fingerprint)
     names = [t.name for t in train]
     if [t.name for t in valid] != names:
         raise ValueError(f"{corpus_dir}: valid split has tasks {[t.name for t in valid]}, train has {names}")
+    _warn_dropped(config, train)
     accounting = {"train": {t.name: t.counts for t in train}, "valid": {t.name: t.counts for t in valid},
                   "test": {task: pair_counts([b for d, b in test_text.items() if task_of[d.name] == task])
                            for task in names}}
@@ -149,6 +171,36 @@ def _materialize_corpus(config: DataConfig, corpus_dir: Path) -> Path:
         return export_hub_corpus(HubSpec(config.hub_dataset, tuple(config.hub_directions)), corpus_dir)
     return bible.prepare_bible(config.preset, config.direction, corpus_dir, cache_dir=config.cache_root(),
                                low_resource_size=config.low_resource_size, seed=config.seed)
+
+
+def _max_len(config: DataConfig, encoded: dict[Direction, Encoded]) -> int:
+    """data.max_len, or with data.max_len_auto the length that keeps AUTO_MAX_LEN_KEEP of every
+    direction's train pairs (rounded up to a multiple of 8), capped at data.max_len."""
+    if not config.max_len_auto:
+        return config.max_len
+    chosen, limits = length_limit(encoded, AUTO_MAX_LEN_KEEP)
+    longest = max(limits, key=limits.get)
+    if chosen > config.max_len:
+        log.warning("data.max_len_auto: max_len %d tokens, capped at data.max_len=%d (keeping %.0f%% of every "
+                    "direction's train pairs needs %d)", config.max_len, config.max_len, 100 * AUTO_MAX_LEN_KEEP, chosen)
+    else:
+        log.info("data.max_len_auto: max_len %d tokens: every direction keeps %.0f%% of its train pairs (the "
+                 "longest at that share: %s, %d tokens)", chosen, 100 * AUTO_MAX_LEN_KEEP, longest, limits[longest])
+    return min(chosen, config.max_len)
+
+
+def _warn_dropped(config: DataConfig, train: list[TaskData]) -> None:
+    """A warning for each train task that loses more than DROP_WARNING of its pairs to max_len,
+    at every start (from the counts, cached too): a corpus whose sentences are longer than the
+    config expects loses much of its data silently otherwise."""
+    for task in train:
+        counts = task.counts
+        share = counts["dropped"]["too_long"] / max(counts["read"], 1)
+        if share > DROP_WARNING:
+            advice = "raise it" if config.max_len_auto else "raise it, or set data.max_len_auto: true"
+            log.warning("task %s: %.0f%% of its train pairs (%d of %d) are longer than max_len=%d tokens "
+                        "(data.max_len=%d) and are not trained on; %s", task.name, 100 * share,
+                        counts["dropped"]["too_long"], counts["read"], counts["max_len"], config.max_len, advice)
 
 
 def _texts_by_language(bitexts: dict[Direction, Bitext]) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@
 A task is one translation direction by default, or a group of directions
 (``group_directions``). ``build_tasks`` tokenizes every direction's bitext in
 one sentencepiece batch call, drops (and counts, in a warning) examples whose
-source or target exceeds ``max_len`` tokens, and stores each task as flat
+source or target exceeds ``max_len`` tokens (``length_limit`` derives a max_len
+from the tokenized lengths instead), and stores each task as flat
 int32 token arrays plus offsets, which keeps a million sentences in a few
 hundred MB. Tasks are always ordered by name, so task indices agree between
 splits and runs. ``collate`` turns a list of example indices into padded
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,9 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+Encoded = tuple[list[list[int]], list[list[int]]]  # one direction's source and target token ids
 IGNORE_INDEX = -100  # label value that torch's cross entropy skips
 GROUPINGS = ("direction", "target", "source")
-_CACHE_FORMAT = 2   # 2: each task's pair counts in the metadata
+_CACHE_FORMAT = 3   # 2: each task's pair counts in the metadata; 3: with the max_len applied
 _ARRAY_FIELDS = ("src_tokens", "src_offsets", "tgt_tokens", "tgt_offsets", "direction_index")
 
 
@@ -112,22 +115,49 @@ def group_directions(directions: Sequence[str], grouping: str | Mapping[str, str
 
 
 def build_tasks(bitexts: Mapping[Direction, Bitext], tokenizer: Tokenizer, task_of: Mapping[str, str],
-                max_len: int) -> list[TaskData]:
+                max_len: int, encoded: Mapping[Direction, Encoded] | None = None) -> list[TaskData]:
     """Tokenize ``bitexts`` into one TaskData per task of ``task_of``, sorted by task name.
 
     Sources get the target-language tag. Examples whose source or target has
     more than ``max_len`` tokens (tag and eos included) are dropped and counted
-    in a warning; a task left without examples raises ValueError.
+    in a warning; a task left without examples raises ValueError. ``encoded``:
+    the bitexts already tokenized by :func:`encode_bitexts` (not tokenized again).
     """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2 (a tag or a piece, plus eos), got {max_len}")
+    encoded = encoded if encoded is not None else encode_bitexts(bitexts, tokenizer)
     by_name = {direction.name: (direction, bitext) for direction, bitext in bitexts.items()}
     _check_task_map(set(by_name), task_of)
     tasks = []
     for task_name in sorted(set(task_of.values())):
         directions = sorted(name for name, task in task_of.items() if task == task_name)
-        tasks.append(_build_task(task_name, [by_name[name] for name in directions], tokenizer, max_len))
+        parts = [(*by_name[name], encoded[by_name[name][0]]) for name in directions]
+        tasks.append(_build_task(task_name, parts, max_len))
     return tasks
+
+
+def encode_bitexts(bitexts: Mapping[Direction, Bitext], tokenizer: Tokenizer) -> dict[Direction, Encoded]:
+    """Each direction's sources (with the target-language tag) and targets as token ids."""
+    return {direction: (tokenizer.encode_source_batch(bitext.src, direction.tgt),
+                        tokenizer.encode_target_batch(bitext.tgt))
+            for direction, bitext in bitexts.items()}
+
+
+def length_limit(encoded: Mapping[Direction, Encoded], keep: float, multiple: int = 8) -> tuple[int, dict[str, int]]:
+    """The smallest max_len, rounded up to ``multiple``, that keeps at least the fraction ``keep``
+    of every direction's pairs, and each direction's own unrounded limit (by direction name).
+    Every direction, not the pooled pairs: a small direction with longer sentences would
+    otherwise lose far more than ``keep`` promises."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    if not encoded:
+        raise ValueError("length_limit needs at least one direction")
+    limits = {}
+    for direction, (sources, targets) in encoded.items():
+        longest = np.sort([max(len(s), len(t)) for s, t in zip(sources, targets)])
+        needed = math.ceil(round(keep * len(longest), 9))   # rounded: 0.98 * n may come out a hair above
+        limits[direction.name] = int(longest[needed - 1])
+    return -(-max(limits.values()) // multiple) * multiple, limits
 
 
 def collate(task: TaskData, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -186,14 +216,12 @@ def _read_array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarr
     return archive[key]
 
 
-def _build_task(name: str, parts: list[tuple[Direction, Bitext]], tokenizer: Tokenizer, max_len: int) -> TaskData:
+def _build_task(name: str, parts: list[tuple[Direction, Bitext, Encoded]], max_len: int) -> TaskData:
     sources: list[list[int]] = []
     targets: list[list[int]] = []
     direction_index: list[np.ndarray] = []
     dropped: dict[str, int] = {}
-    for index, (direction, bitext) in enumerate(parts):
-        encoded_src = tokenizer.encode_source_batch(bitext.src, direction.tgt)
-        encoded_tgt = tokenizer.encode_target_batch(bitext.tgt)
+    for index, (direction, _, (encoded_src, encoded_tgt)) in enumerate(parts):
         kept = [(s, t) for s, t in zip(encoded_src, encoded_tgt) if len(s) <= max_len and len(t) <= max_len]
         dropped[direction.name] = len(encoded_src) - len(kept)
         sources.extend(s for s, _ in kept)
@@ -202,20 +230,21 @@ def _build_task(name: str, parts: list[tuple[Direction, Bitext]], tokenizer: Tok
     _report_dropped(name, dropped, len(sources), max_len)
     src_tokens, src_offsets = _flatten(sources)
     tgt_tokens, tgt_offsets = _flatten(targets)
-    counts = pair_counts([bitext for _, bitext in parts], too_long=sum(dropped.values()))
-    return TaskData(name=name, directions=[direction.name for direction, _ in parts],
+    counts = pair_counts([bitext for _, bitext, _ in parts], too_long=sum(dropped.values()), max_len=max_len)
+    return TaskData(name=name, directions=[direction.name for direction, _, _ in parts],
                     src_tokens=src_tokens, src_offsets=src_offsets,
                     tgt_tokens=tgt_tokens, tgt_offsets=tgt_offsets,
                     direction_index=np.concatenate(direction_index), counts=counts)
 
 
-def pair_counts(bitexts: Sequence[Bitext], too_long: int | None = None) -> dict:
+def pair_counts(bitexts: Sequence[Bitext], too_long: int | None = None, max_len: int | None = None) -> dict:
     """Pairs read from the corpus files of ``bitexts``, kept and dropped by reason: empty on a side
-    (when reading) and, where the pairs were tokenized, longer than max_len."""
+    (when reading) and, where the pairs were tokenized, longer than ``max_len`` (then recorded too)."""
     empty = sum(bitext.dropped_empty for bitext in bitexts)
     read = sum(len(bitext) for bitext in bitexts) + empty
     dropped = {"empty": empty} if too_long is None else {"empty": empty, "too_long": too_long}
-    return {"read": read, "kept": read - sum(dropped.values()), "dropped": dropped}
+    counts = {"read": read, "kept": read - sum(dropped.values()), "dropped": dropped}
+    return counts if max_len is None else {**counts, "max_len": max_len}
 
 
 def _report_dropped(task: str, dropped: dict[str, int], kept: int, max_len: int) -> None:
