@@ -97,14 +97,18 @@ def _chosen_checkpoint(run_dir: Path) -> Path:
                             f"{checkpoint.BEST} or {checkpoint.LATEST})")
 
 
-def load_model(source: Source, config: RunConfig, tokenizer: Tokenizer) -> torch.nn.Module:
-    """The model in evaluation mode, in fp32 (a checkpoint) or as exported."""
+def load_model(source: Source, config: RunConfig, tokenizer: Tokenizer, attention: str | None = None
+               ) -> torch.nn.Module:
+    """The model in evaluation mode, in fp32 (a checkpoint) or as exported; ``attention`` overrides
+    transformers' attention implementation of a checkpoint's model (e.g. ``eager``)."""
     if source.export:
         from transformers import AutoModelForSeq2SeqLM
         return AutoModelForSeq2SeqLM.from_pretrained(source.export).eval()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
                                 tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+    if attention:
+        hf_config._attn_implementation = attention
     model = build_model(hf_config, config.train.seed)
     state = get_fp32_state_dict_from_zero_checkpoint(str(source.checkpoint.parent), tag=source.checkpoint.name)
     model.load_state_dict(state)

@@ -15,7 +15,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
-from cats_ds.tools.curvature import evaluated_tag
+from cats_ds import trained
 from cats_ds.metrics import read_metrics
 from conftest import REPO, needs_fp16, run_deepspeed
 from corpus_fixture import write_config, write_corpus
@@ -189,7 +189,7 @@ def test_results_name_the_checkpoint_they_describe_and_best_follows_every_improv
     run_dir, _ = launch(workspace, "best", **frozen)
     checkpoints, results = run_dir / "checkpoints", json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 6 and results["checkpoint"] == {"tag": "step00000002", "step": 2}
-    assert (checkpoints / "best").read_text().strip() == "step00000002" == evaluated_tag(run_dir)
+    assert (checkpoints / "best").read_text().strip() == "step00000002" == trained.locate(run_dir).name
     title = "# Results of checkpoint step00000002 (step 2; training ran to step 6)"
     assert title in (run_dir / "results.md").read_text()
     step2_dev = read_metrics(run_dir / "metrics.jsonl", "eval")[0]

@@ -49,7 +49,7 @@ def curvature_matrix(rows: torch.Tensor, sq_norms: torch.Tensor, parameters: Par
     """
     original = parameters.read()
     theta_norm = math.sqrt(float(reduce(original.double().pow(2).sum().reshape(1))))
-    local = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64)
+    local = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=original.device)
     plus, minus = torch.empty_like(original), torch.empty_like(original)
     try:
         for task, sq_norm in enumerate(sq_norms.tolist()):
@@ -62,9 +62,9 @@ def curvature_matrix(rows: torch.Tensor, sq_norms: torch.Tensor, parameters: Par
             parameters.write(original - size * direction)
             gradient(minus)
             product = (plus - minus) / (2.0 * size)
-            local[task] = (rows.to(product.dtype) @ product).double().cpu()
+            local[task] = (rows.to(product.dtype) @ product).double()
     finally:
         parameters.write(original)
     if not torch.equal(parameters.read(), original):
         raise RuntimeError("curvature_matrix: the parameters differ from their saved copy after the restore")
-    return reduce(local.to(original.device)).double().cpu()
+    return reduce(local).cpu()

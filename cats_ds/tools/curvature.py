@@ -12,8 +12,8 @@ magnitude (the sharpness of Keskar et al. when H is positive semi-definite near 
 ``--trace-samples K`` adds Hutchinson's estimate tr(H) ~ mean over K Rademacher vectors z of
 z.Hz. The numbers are comparable across methods only at the same batches, iterations and seed.
 
-The checkpoint (unless ``--tag``: the one results.json describes, ``latest`` before there are
-results) is consolidated to fp32 in this one process with
+The checkpoint (unless ``--tag``: the one results.json describes, else ``best``, else ``latest``;
+verified against its manifest) is consolidated to fp32 in this one process with
 DeepSpeed's zero_to_fp32, whatever the ZeRO stage and world size it was saved with; the model
 is rebuilt from the run's config.yaml. ``--device auto`` runs on the GPU where there is one; the
 random start and probes are drawn on the CPU either way, so devices differ only by float rounding.
@@ -85,38 +85,18 @@ def _normalized(vector: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def load_trained_model(run_dir: Path, tag: str | None):
-    """The run's model with the checkpoint's fp32 weights, in eval mode, plus its prepared data."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
+    """The run's model with the checkpoint's fp32 weights (cats_ds.trained: by default the one
+    results.json describes), in eval mode, plus its prepared data and the checkpoint's tag."""
+    from cats_ds import trained
     from cats_ds.config import load_config
     from cats_ds.data import pipeline
-    from cats_ds.model import build_hf_config, build_model
 
-    config = load_config(run_dir / "config.yaml")
+    source = trained.locate(run_dir / "checkpoints" / tag if tag else run_dir)
+    config = load_config(source.run_config)
     data = pipeline.prepare(config.data)
-    tokenizer = data.tokenizer
-    hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
-                                tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    hf_config._attn_implementation = "eager"   # the fused SDPA kernels have no double backward
-    model = build_model(hf_config, config.train.seed)
-    checkpoints = run_dir / "checkpoints"
-    tag = tag or evaluated_tag(run_dir)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {name for name in missing if name.endswith(("embed_tokens.weight", "lm_head.weight"))}
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"{checkpoints / tag}: weights do not fit the run's model "
-                         f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
-    model.tie_weights()
-    return model.float().eval(), data, tag
-
-
-def evaluated_tag(run_dir: Path) -> str:
-    """The checkpoint results.json describes (the best one, where the run kept it); ``latest``
-    while the run has no results (or results written before they named their checkpoint)."""
-    results = run_dir / "results.json"
-    evaluated = json.loads(results.read_text()).get("checkpoint") if results.is_file() else None
-    return evaluated["tag"] if evaluated else (run_dir / "checkpoints" / "latest").read_text().strip()
+    # the fused SDPA kernels have no double backward
+    model = trained.load_model(source, config, data.tokenizer, attention="eager")
+    return model.float(), data, source.name
 
 
 def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eos_id: int,
@@ -162,7 +142,7 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m cats_ds.tools.curvature", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--tag", help="checkpoint directory (default: the one results.json describes, else `latest`)")
+    parser.add_argument("--tag", help="checkpoint directory (default: the one results.json describes, else `best`, else `latest`)")
     parser.add_argument("--iterations", type=int, default=20, help="Hessian-vector products per task")
     parser.add_argument("--batches", type=int, default=2, help="dev batches per task")
     parser.add_argument("--batch-sentences", type=int, default=16)
