@@ -262,7 +262,7 @@ def test_report_numbers(synthetic_study):
     # T1: low 2, 3 -> 2.50 ± 0.71 (sample std); fr-en = high - 1: 11, 12 -> 11.50
     assert _row(text, "T1") == ["T1", "2", "11.50", "13.50", "2.50", "12.50 ± 0.71", "2.50 ± 0.71",
                                 "125.00 ± 7.07", "25.00 ± 7.07", "60%", "-1.00 ± 0.00", "-1.00 ± 0.00"]
-    # T5 has the highest mean low BLEU of the baselines (3.5 > 2.5)
+    # T5 has the lower mean low-resource dev loss of the baselines (3.65 < 3.75)
     assert _row(text, "T5 (best T baseline)")[-2:] == ["(reference)", "(reference)"]
     # cats - T5 by seed: low +1.0, +0.5 -> +0.75 ± 0.35; high -1, +1 -> +0.00 ± 1.41
     assert _row(text, "cats")[5:] == ["13.50 ± 2.12", "4.25 ± 0.35", "135.00 ± 21.21", "42.50 ± 3.54", "60%",
@@ -271,7 +271,8 @@ def test_report_numbers(synthetic_study):
     assert _row(text, "tuned_cats (tuned)") == ["tuned_cats (tuned)", "1", "12.00", "14.00", "2.50", "13.00",
                                                 "2.50", "130.00", "25.00", "60%", "-0.50", "+0.00"]
     assert text.index("| cats |") < text.index("| tuned_cats (tuned) |")
-    assert "- Best temperature baseline: T5 (mean low-resource BLEU T1 2.50, T5 3.50;" in text
+    assert "- Best temperature baseline: T5 (mean low-resource dev loss T1 3.750, T5 3.650; chosen on the dev " \
+           "sets)." in text
     assert ("- cats low-resource BLEU delta vs best temperature baseline (T5): +0.75 ± 0.35 over 2 seed(s): "
             "larger than the seed spread") in text
     assert "high-resource: +0.00 ± 1.41: within seed spread." in text
@@ -338,6 +339,40 @@ def test_scales_are_averaged_over_seeds_at_common_steps(synthetic_study, monkeyp
     study.plot_scales(synthetic_study / "s.png", group, ["cats", "tuned_cats"])
     lines = drawn["s.png"].axes[0].get_lines()
     assert list(lines[2].get_ydata()) == [1.0, 3.0]          # es-en at step 20: (2.0 + 4.0) / 2
+
+
+def _rewrite_results(run_dir: Path, **changes) -> None:
+    """results.json of a synthetic run with some keys changed (dev losses and test entries merged in)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    for key, value in changes.items():
+        results[key] = {**results[key], **value} if isinstance(value, dict) else value
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_best_baseline_is_chosen_on_dev_loss_not_test_bleu(synthetic_study):
+    for seed in (1, 2):      # T1 keeps the lower test BLEU but gets the lower dev loss
+        _rewrite_results(synthetic_study / f"d_tiny_t300_T1_s{seed}", dev={"dev_loss_low": 1.0})
+    text = _report_from(synthetic_study, "### Test BLEU")
+    assert _row(text, "T1 (best T baseline)")[-2:] == ["(reference)", "(reference)"]
+    assert "- Best temperature baseline: T1 (mean low-resource dev loss T1 1.000, T5 3.650;" in text
+
+
+def test_temperature_tradeoff(synthetic_study):
+    text = _report_from(synthetic_study, "### Temperature trade-off")
+    # T5 - T1 by seed: low (3 - 2, 4 - 3) = +1, +1; T1 - T5 high (12 - 13, 13 - 14) = -1, -1; es-en 60% distinct
+    assert _row(text, "T5") == ["T5", "2", "+1.00 ± 0.00", "-1.00 ± 0.00", "60%"]
+    assert "beyond the spread: T5; costs the high-resource mean beyond the spread: no baseline;" in text
+    assert "every baseline run has at least 90% distinct outputs in every direction: no." in text
+    assert "- Trade-off shown: no." in text
+    distinct = {d: {"bleu": b, "chrf": 0.0, "distinct": 0.95, "sentences": 200}
+                for d, b in (("fr-en", 10.0), ("de-en", 11.0), ("es-en", 3.0))}
+    for seed, high in ((1, 11.0), (2, 11.5)):      # T5 now costs the high-resource mean: +1.0, +1.5
+        _rewrite_results(synthetic_study / f"d_tiny_t300_T5_s{seed}", bleu_high=high, test=distinct)
+    for seed in (1, 2):
+        _rewrite_results(synthetic_study / f"d_tiny_t300_T1_s{seed}", test=distinct)
+    text = _report_from(synthetic_study, "### Temperature trade-off")
+    assert _row(text, "T5")[3:] == ["+1.25 ± 0.35", "95%"]
+    assert "- Trade-off shown: yes." in text
 
 
 def test_no_finished_baseline_gives_no_deltas(synthetic_study):

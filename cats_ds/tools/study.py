@@ -25,13 +25,16 @@ run, at its last checkpoint, on CPU. ``emit`` and ``run`` copy the spec to DIR/s
 report.md, per (data variant, preset, tokens per step) group: test BLEU per direction and the
 high- and low-resource means of BLEU and chrF++ per method, as mean ± sample standard deviation
 over the finished seeds; the deltas of the low and high BLEU means against the best temperature
-baseline (the baseline with the highest mean low-resource BLEU in the group, chosen on these same
-test numbers), paired by seed (the seeds both finished); the low-resource and overall dev loss
-with the same paired deltas; the top Hessian eigenvalue and Hessian trace per task and method
-(mean over seeds), and the Spearman correlation over runs of their low-resource means with the
-low-resource dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines
-only restate these numbers: a delta is "within seed spread" when its absolute mean is at most
-the standard deviation of the paired deltas. Nothing here is a significance test.
+baseline (the baseline with the lowest mean low-resource dev loss in the group: chosen on the dev
+sets, not on the test numbers), paired by seed (the seeds both finished); whether the temperature
+baselines show the trade-off CATS is meant to resolve (against the lowest temperature, upsampling
+helps the low-resource mean and costs the high-resource one, each beyond the seed spread, with
+>= 90% distinct outputs); the low-resource and overall dev loss with the same paired deltas; the
+top Hessian eigenvalue and Hessian trace per task and method (mean over seeds), and the Spearman
+correlation over runs of their low-resource means with the low-resource dev loss and BLEU; and
+plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only restate these numbers: a
+delta is "within seed spread" when its absolute mean is at most the standard deviation of the
+paired deltas. Nothing here is a significance test.
 """
 
 from __future__ import annotations
@@ -251,14 +254,16 @@ def fmt(values: list[float], signed: bool = False, digits: int = 2) -> str:
 
 
 def baseline_means(group: Group, baselines: list[str]) -> dict[str, float]:
-    """Mean low-resource BLEU over the finished seeds of each baseline that has any."""
-    return {b: statistics.fmean(lows) for b in baselines if (lows := _values(group.finished(b), "bleu_low"))}
+    """Mean low-resource dev loss over the finished seeds of each baseline that has any."""
+    return {b: statistics.fmean(losses) for b in baselines
+            if (losses := _values({s: r.get("dev", {}) for s, r in group.finished(b).items()}, "dev_loss_low"))}
 
 
 def best_baseline(group: Group, baselines: list[str]) -> str | None:
-    """The baseline with the highest mean low-resource BLEU over its finished seeds (first on ties)."""
+    """The baseline with the lowest mean low-resource dev loss over its finished seeds (first on ties):
+    chosen on the dev sets, so the test scores compared against it did not pick it."""
     means = baseline_means(group, baselines)
-    return max(means, key=means.get) if means else None
+    return min(means, key=means.get) if means else None
 
 
 def _values(by_seed: dict, key: str) -> list[float]:
@@ -417,8 +422,8 @@ def reading(group: Group, spec: StudySpec) -> list[str]:
     if best is None:
         return ["- No temperature baseline has finished in this group: no deltas."]
     means = baseline_means(group, spec.baselines)
-    lines = [f"- Best temperature baseline: {best} (mean low-resource BLEU "
-             + ", ".join(f"{b} {m:.2f}" for b, m in means.items()) + "; chosen on these test numbers)."]
+    lines = [f"- Best temperature baseline: {best} (mean low-resource dev loss "
+             + ", ".join(f"{b} {m:.3f}" for b, m in means.items()) + "; chosen on the dev sets)."]
     for method in method_order(spec):
         if method == best:
             continue
@@ -431,6 +436,45 @@ def reading(group: Group, spec: StudySpec) -> list[str]:
                      f"({best}): {fmt(low, signed=True)} over {len(low)} seed(s): {spread_verdict(low)}; "
                      f"high-resource: {fmt(high, signed=True)}: {spread_verdict(high)}.")
     return lines
+
+
+def temperature_tradeoff(group: Group, spec: StudySpec) -> list[str]:
+    """The trade-off CATS is meant to resolve (issue 14; docs/results/tension_search): against the
+    lowest-temperature baseline, does upsampling help the low-resource BLEU mean and cost the
+    high-resource one, each by more than the seed spread, in runs that use the source?"""
+    temperatures = {b: _temperature(group, b) for b in spec.baselines if group.finished(b)}
+    if len(temperatures) < 2:
+        return ["- Needs two temperature baselines with finished runs."]
+    base = min(temperatures, key=temperatures.get)
+    lines = [f"Paired by seed against {base} (the lowest temperature). \"Δ low\" is the baseline minus {base} on "
+             f"the low-resource BLEU mean, \"Δ high\" is {base} minus the baseline on the high-resource one: "
+             "positive on both is the trade-off.", "",
+             "| baseline | seeds | Δ low | Δ high | lowest distinct |", "|---|---:|---:|---:|---:|"]
+    helps, costs = [], []
+    for other in sorted(temperatures, key=temperatures.get)[1:]:
+        low = paired_deltas(group.finished(other), group.finished(base), "bleu_low")
+        high = paired_deltas(group.finished(base), group.finished(other), "bleu_high")
+        helps += [other] if _beyond_spread(low) else []
+        costs += [other] if _beyond_spread(high) else []
+        lines.append(f"| {other} | {len(low)} | {fmt(low, signed=True)} | {fmt(high, signed=True)} | "
+                     f"{_lowest_distinct(group.finished(other))} |")
+    runs = [r for b in temperatures for r in group.finished(b).values() if r["test"]]
+    uses_source = all(min(d["distinct"] for d in r["test"].values()) >= 0.9 for r in runs)
+    lines += ["", f"- Upsampling helps the low-resource mean beyond the spread: {', '.join(helps) or 'no baseline'}; "
+              f"costs the high-resource mean beyond the spread: {', '.join(costs) or 'no baseline'}; every "
+              f"baseline run has at least 90% distinct outputs in every direction: {'yes' if uses_source else 'no'}.",
+              f"- Trade-off shown: {'yes' if helps and costs and uses_source else 'no'}."]
+    return lines
+
+
+def _temperature(group: Group, method: str) -> float:
+    job = next(r.job for r in group.runs if r.job.method == method)
+    return load_config(Path(job.config), job.overrides).sampling.temperature
+
+
+def _beyond_spread(deltas: list[float]) -> bool:
+    """At least two seeds and a positive mean larger than the std of the paired deltas."""
+    return len(deltas) > 1 and mean_std(deltas)[0] > mean_std(deltas)[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -611,8 +655,8 @@ def limits(spec: StudySpec, runs: list[RunData]) -> list[str]:
             f"- Numbers are test-set scores of the runs listed above, at this size and step count only; "
             f"each cell is a mean over the finished seeds (at most {seeds}), ± the sample standard deviation "
             "over seeds (none shown with one seed).",
-            "- Deltas are paired by seed against the best temperature baseline of the same group; that "
-            "baseline is picked on the same test numbers, which favours it.",
+            "- Deltas are paired by seed against the best temperature baseline of the same group: the one with "
+            "the lowest low-resource dev loss, picked on the dev sets, not on these test numbers.",
             f"- With {seeds} seed(s) the spread itself is a rough estimate; no significance test is made, and "
             "\"within seed spread\" means |mean delta| <= std of the paired deltas, nothing more.",
             "- Rows not labelled (tuned) use the base config's documented defaults plus the overrides listed; "
@@ -642,6 +686,7 @@ def group_section(group: Group, spec: StudySpec, out: Path, plots: list[Path]) -
             "Per-direction cells: mean BLEU over seeds; group means: mean ± std over seeds; deltas: paired by "
             "seed, mean ± std.", "", *bleu_table(group, spec), "", "### Reading (computed from the table)", "",
             *reading(group, spec), "",
+            "### Temperature trade-off", "", *temperature_tradeoff(group, spec), "",
             "### Dev loss (per-token cross-entropy, mean over tasks; deltas paired by seed)", "",
             *dev_loss_table(group, spec), "",
             *(line for key, title in CURVATURE_MEASURES.items()
