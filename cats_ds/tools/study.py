@@ -474,7 +474,10 @@ def _temperature(group: Group, method: str) -> float:
 
 def _beyond_spread(deltas: list[float]) -> bool:
     """At least two seeds and a positive mean larger than the std of the paired deltas."""
-    return len(deltas) > 1 and mean_std(deltas)[0] > mean_std(deltas)[1]
+    if len(deltas) < 2:
+        return False
+    mean, std = mean_std(deltas)
+    return mean > std
 
 
 # ----------------------------------------------------------------------------------------------
