@@ -1,6 +1,6 @@
 """A fast mechanism benchmark for CATS ablations: a synthetic imbalanced multi-task problem on CPU.
 
-    python -m cats_ds.tools.mechanism [--seeds 3] [--steps N] [--methods T1 cats-lookahead-dev ...]
+    python -m cats_ds.tools.mechanism [--seeds 3] [--steps N] [--methods T1 T5 cats-lookahead ...]
                                 [--problem default|tension] [--out DIR] [--threads 1] [--quick]
 
 The problem: tasks share a rule (a random teacher network) plus a task-specific perturbation
@@ -9,7 +9,8 @@ noise, so a task with few examples can be overfit. A student with a shared, over
 ReLU trunk and one linear head per task learns all tasks at once: 3 high-resource tasks of
 20,000 training examples and 3 low-resource ones of 200 by default (`--problem tension`:
 50,000 and 2,000, a larger task perturbation, 2,500 steps). Every task also has a dev
-split (used only for CATS's meta statistics) and a test split (used only for the report).
+split (CATS's meta statistics, and the choice of the base temperature) and a test split (used
+only for the report).
 
 Every optimizer step draws a batch from the task mixture with temperature sampling
 p_n ~ size_n^(1/T) (cats_ds.data.sampler.temperature_probs), computes the per-task gradients
@@ -18,10 +19,15 @@ the plain minibatch gradient, their Gram matrix G = g g^T and, for the dev-sourc
 objectives, the dev losses and d = g h with h = sum_n grad(task n's mean dev-batch loss).
 The real TaskScaler (or GradientSurgery for PCGrad and MGDA) turns them into scales s, and
 Adam steps on sum_n s_n g_n: the same interface as the trainer, on gradients flattened only
-because the toy is small. Plain training runs the same loop with s = 1.
+because the toy is small (``weights`` and ``softmax`` see the mean gradients' statistics and
+``second_order`` the dev Hessian's M, as in the trainer). Plain training runs the same loop
+with s = 1.
+
+The temperature baselines run first; every other row (each named CATS variant, PCGrad, MGDA)
+runs on the base temperature: the baseline with the lowest low-resource dev loss.
 
 The report: per method, mean +- std over seeds of the high- and low-resource test loss, the
-same-seed deltas against T=1 and against the best temperature baseline, the CATS rows' final
+same-seed deltas against T=1 and against the base temperature baseline, the CATS rows' final
 scales, the curvature of the low-resource tasks (top Hessian eigenvalue and Hutchinson trace
 of their train and test losses, and an elementwise-adaptive, scale-invariant trace), and the
 Spearman correlation of each curvature measure with the low-resource test loss over all runs.
@@ -49,7 +55,9 @@ from torch import nn
 from tqdm import tqdm
 
 from cats_ds.cats import CATSConfig, GradientSurgery, TaskScaler
-from cats_ds.cats.statistics import gram_and_dots
+from cats_ds.cats.scaler import MEAN_GRADIENT_PARAMETERIZATIONS
+from cats_ds.cats.statistics import gram_and_dots, mean_gradient_matrix, mean_gradient_statistics, scales_from_weights
+from cats_ds.cats.variants import VARIANTS
 from cats_ds.data.sampler import temperature_probs
 from cats_ds.tools.curvature import hessian_vector_product, hutchinson_trace, top_eigenvalue
 
@@ -146,40 +154,49 @@ class Method:
     """One benchmark row: a sampling temperature and what turns the Gram matrix into scales.
 
     ``scaler`` is ``plain`` (s = 1), ``cats`` (TaskScaler) or ``pcgrad`` / ``mgda``
-    (GradientSurgery); ``cats`` holds CATSConfig fields that differ from its defaults.
+    (GradientSurgery); ``cats`` holds CATSConfig fields that differ from its defaults (interval 1
+    unless they say otherwise). ``temperature`` None is the base temperature: the temperature
+    baseline with the lowest low-resource dev loss, chosen after the baselines ran (the issue's
+    rule: every CATS and surgery row runs on the better base temperature, chosen on dev).
     """
 
-    temperature: float
+    temperature: float | None = None
     scaler: str = "plain"
     cats: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.scaler == "plain" and self.temperature is None:
+            raise ValueError("Method: a temperature baseline (scaler 'plain') needs its temperature")
+
     def cats_config(self) -> CATSConfig:
         method = self.scaler if self.scaler in ("pcgrad", "mgda") else "cats"
-        return CATSConfig(method=method, interval=1, **self.cats)
+        return CATSConfig(**{"method": method, "interval": 1, **self.cats})
 
 
-def _cats(objective: str, meta_source: str, temperature: float = 1.0, **knobs: Any) -> Method:
-    return Method(temperature, "cats", {"objective": objective, "meta_source": meta_source, **knobs})
+def _variant(name: str, **knobs: Any) -> Method:
+    """A named CATS variant (cats_ds/cats/variants.py) on the base temperature."""
+    return Method(None, "cats", {**VARIANTS[name], "variant": name, **knobs})
 
 
-# CATS knobs stay at CATSConfig's defaults (interval 1): these are the headline rows.
+def _cats(objective: str, meta_source: str, **knobs: Any) -> Method:
+    return Method(None, "cats", {"objective": objective, "meta_source": meta_source, **knobs})
+
+
+# Every named CATS variant at its own keys and CATSConfig's defaults otherwise: the headline rows;
+# two meta-source ablations (training-batch meta statistics) and the surgery baselines beside them.
 HEADLINE_METHODS: dict[str, Method] = {
     "T1": Method(1.0),
     "T5": Method(5.0),
     "T100": Method(100.0),
-    "cats-lookahead-dev": _cats("lookahead", "dev"),
+    **{f"cats-{name}": _variant(name) for name in VARIANTS},
     "cats-lookahead-train": _cats("lookahead", "train"),
     "cats-weighted_loss-train": _cats("weighted_loss", "train"),
-    "cats-weighted_loss-dev": _cats("weighted_loss", "dev"),
-    "cats-robust-dev": _cats("robust", "dev"),
-    "cats-lookahead-dev-T5": _cats("lookahead", "dev", 5.0),
-    "pcgrad": Method(1.0, "pcgrad"),
-    "mgda": Method(1.0, "mgda"),
+    "pcgrad": Method(None, "pcgrad"),
+    "mgda": Method(None, "mgda"),
 }
 # Knobs off their defaults, run only when named with --methods; their names say "tuned".
 TUNED_METHODS: dict[str, Method] = {
-    "tuned-cats-lookahead-dev-lr_alpha0.1": _cats("lookahead", "dev", lr_alpha=0.1),
-    "tuned-cats-lookahead-dev-T5-lr_alpha0.1": _cats("lookahead", "dev", 5.0, lr_alpha=0.1),
+    "tuned-cats-lookahead-lr_alpha0.1": _variant("lookahead", lr_alpha=0.1),
 }
 METHODS: dict[str, Method] = {**HEADLINE_METHODS, **TUNED_METHODS}
 
@@ -307,22 +324,35 @@ def per_task_gradients(model: SharedTrunkModel, inputs: torch.Tensor, labels: to
 
 
 def dev_meta_statistics(model: SharedTrunkModel, problem: Problem, batch_size: int, generator: torch.Generator,
-                        need_gradient: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each task's mean loss on a fresh dev batch [N], and h = sum_n grad(that mean loss), flat, if asked."""
+                        need_gradient: bool, curvature_rows: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """On a fresh dev batch: each task's mean loss [N]; h = sum_n grad(that mean loss), flat, if
+    asked; and, given gradient rows g [N, P], M[n, m] = g_n^T H_dev g_m with H_dev the Hessian of
+    the same dev loss (exact Hessian-vector products; the trainer uses finite differences)."""
     dev = problem.dev
     picks = [torch.randint(0, len(labels), (batch_size,), generator=generator) for labels in dev.labels]
     inputs = torch.cat([dev.inputs[n][pick] for n, pick in enumerate(picks)])
     labels = torch.cat([dev.labels[n][pick] for n, pick in enumerate(picks)])
     tasks = torch.arange(len(picks)).repeat_interleave(batch_size)
+    need_gradient = need_gradient or curvature_rows is not None
     with torch.set_grad_enabled(need_gradient):
         example_losses = F.cross_entropy(model(inputs, tasks), labels, reduction="none")
     losses = example_losses.detach().view(len(picks), batch_size).mean(dim=1).to(torch.float64)
     if not need_gradient:
-        return losses, None
+        return losses, None, None
     # Every task's dev batch has batch_size examples, so one backward of the sum over tasks of
     # their means gives h.
-    gradients = torch.autograd.grad(example_losses.sum() / batch_size, list(model.parameters()))
-    return losses, torch.cat([g.reshape(-1) for g in gradients])
+    params = list(model.parameters())
+    gradients = torch.autograd.grad(example_losses.sum() / batch_size, params,
+                                    create_graph=curvature_rows is not None)
+    meta_gradient = torch.cat([g.reshape(-1) for g in gradients])
+    if curvature_rows is None:
+        return losses, meta_gradient, None
+    rows = curvature_rows.to(meta_gradient.dtype)
+    hessian_rows = torch.stack([
+        torch.cat([h.reshape(-1) for h in torch.autograd.grad(meta_gradient @ row, params, retain_graph=True)])
+        for row in rows])
+    return losses, meta_gradient.detach(), rows.double() @ hessian_rows.double().T
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,20 +371,36 @@ def make_scaler(method: Method, num_tasks: int, seed: int) -> Scaler | None:
     return GradientSurgery(method.cats_config(), num_tasks, seed)
 
 
-def step_scales(scaler: Scaler | None, grads: torch.Tensor, train_losses: torch.Tensor, model: SharedTrunkModel,
-                problem: Problem, config: MechanismConfig, meta_generator: torch.Generator) -> torch.Tensor:
-    """The scales s [N] (float64) for this step, feeding the scaler what its objective and meta source read."""
+def step_scales(scaler: Scaler | None, grads: torch.Tensor, train_losses: torch.Tensor, shares: torch.Tensor,
+                model: SharedTrunkModel, problem: Problem, config: MechanismConfig,
+                meta_generator: torch.Generator) -> torch.Tensor:
+    """The scales s [N] (float64) for this step, feeding the scaler what its objective, meta source
+    and parameterization read, as the trainer's CATS hook does (cats_ds/cats/hook.py).
+
+    ``shares``: each task's share of the batch's examples (pi). ``weights`` and ``softmax`` see the
+    per-task mean gradients' statistics and return weights, turned into scales here."""
     if scaler is None:
         return torch.ones(config.num_tasks, dtype=torch.float64)
     grads64 = grads.to(torch.float64)
-    losses, meta_gradient = train_losses, None
+    losses, meta_gradient, curvature = train_losses, None, None
     # GradientSurgery.update_due() is always False: it needs no meta pass.
     if scaler.update_due() and scaler.config.meta_source == "dev":
-        lookahead = scaler.config.objective == "lookahead"
-        losses, meta_gradient = dev_meta_statistics(model, problem, config.meta_batch_size, meta_generator,
-                                                    need_gradient=lookahead)
+        objective = scaler.config.objective
+        losses, meta_gradient, curvature = dev_meta_statistics(
+            model, problem, config.meta_batch_size, meta_generator,
+            need_gradient=objective in ("lookahead", "second_order"),
+            curvature_rows=grads if scaler.curvature_due() else None)
     gram, meta_dots = gram_and_dots(grads64, None if meta_gradient is None else meta_gradient.to(torch.float64))
-    return scaler.update(losses, gram, meta_dots)
+    weights = scaler.config.parameterization in MEAN_GRADIENT_PARAMETERIZATIONS
+    extra: dict[str, torch.Tensor] = {}
+    if weights:
+        gram, meta_dots = mean_gradient_statistics(gram, meta_dots, shares)
+        curvature = None if curvature is None else mean_gradient_matrix(curvature, shares)
+        extra["plain"] = shares
+    if curvature is not None:
+        extra["curvature"] = curvature
+    scales = scaler.update(losses, gram, meta_dots, **extra)
+    return scales_from_weights(scaler.scales, shares) if weights else scales
 
 
 def write_gradient(model: SharedTrunkModel, flat: torch.Tensor) -> None:
@@ -386,7 +432,8 @@ def train(config: MechanismConfig, method: Method, seed: int, problem: Problem,
         within = (torch.rand(config.batch_size, generator=batch_generator, dtype=torch.float64) * sizes[tasks]).long()
         rows = starts[tasks] + within
         grads, train_losses = per_task_gradients(model, all_inputs[rows], all_labels[rows], tasks, config.num_tasks)
-        scales = step_scales(scaler, grads, train_losses, model, problem, config, meta_generator)
+        shares = torch.bincount(tasks, minlength=config.num_tasks).double() / config.batch_size
+        scales = step_scales(scaler, grads, train_losses, shares, model, problem, config, meta_generator)
         write_gradient(model, scales.to(grads.dtype) @ grads)
         optimizer.step()
     return model, scaler
@@ -427,20 +474,26 @@ def curvature_of_task(model: SharedTrunkModel, problem: Problem, task: int, conf
 
 
 def evaluate(model: SharedTrunkModel, problem: Problem, config: MechanismConfig, seed: int) -> dict[str, Any]:
-    """Per-task train and test losses, and the low-resource tasks' curvature."""
+    """Per-task train, dev and test losses, and the low-resource tasks' curvature."""
     with torch.no_grad():
-        train = [float(task_loss(model, problem.train, n)) for n in range(config.num_tasks)]
-        test = [float(task_loss(model, problem.test, n)) for n in range(config.num_tasks)]
+        losses = {f"{name}_loss": [float(task_loss(model, split, n)) for n in range(config.num_tasks)]
+                  for name, split in (("train", problem.train), ("dev", problem.dev), ("test", problem.test))}
     generator = torch.Generator().manual_seed(_stream_seed(seed, "curvature"))
     curvature = {str(n): curvature_of_task(model, problem, n, config, generator) for n in config.low_tasks}
-    return {"train_loss": train, "test_loss": test, "curvature": curvature}
+    return {**losses, "curvature": curvature}
 
 
-def run_one(config: MechanismConfig, name: str, seed: int, problem: Problem) -> dict[str, Any]:
-    """Train and evaluate one (method, seed); every number the report needs, per task."""
+def run_one(config: MechanismConfig, name: str, seed: int, problem: Problem,
+            base_temperature: float | None = None) -> dict[str, Any]:
+    """Train and evaluate one (method, seed); every number the report needs, per task. A method
+    without a temperature of its own runs on ``base_temperature``."""
     start = time.perf_counter()
-    model, scaler = train(config, METHODS[name], seed, problem)
-    result = {"method": name, "seed": seed, **evaluate(model, problem, config, seed)}
+    method = METHODS[name]
+    temperature = method.temperature if method.temperature is not None else base_temperature
+    if temperature is None:
+        raise ValueError(f"method {name}: runs on the base temperature, and none was given")
+    model, scaler = train(config, replace(method, temperature=temperature), seed, problem)
+    result = {"method": name, "seed": seed, "temperature": temperature, **evaluate(model, problem, config, seed)}
     result["final_scales"] = None if scaler is None else scaler.scales.tolist()
     result["final_lambda"] = None if scaler is None else scaler.lam
     result["seconds"] = time.perf_counter() - start
@@ -455,17 +508,30 @@ CURVATURE_MEASURES = ("top_eig_train", "top_eig_test", "trace_train", "trace_tes
 
 
 def group_means(run: dict[str, Any], config: MechanismConfig) -> dict[str, float]:
-    """Per-run scalars: high/low test loss, low train loss, mean curvature over the low tasks."""
+    """Per-run scalars: each group's mean train, dev and test loss, the low tasks' mean curvature."""
     high = range(config.num_high_tasks)
     low = config.low_tasks
-    means = {
-        "high_test": float(np.mean([run["test_loss"][n] for n in high])),
-        "low_test": float(np.mean([run["test_loss"][n] for n in low])),
-        "low_train": float(np.mean([run["train_loss"][n] for n in low])),
-    }
+    means = {f"{group}_{split}": float(np.mean([run[f"{split}_loss"][n] for n in tasks]))
+             for group, tasks in (("high", high), ("low", low)) for split in ("train", "dev", "test")}
     for measure in CURVATURE_MEASURES:
         means[measure] = float(np.mean([run["curvature"][str(n)][measure] for n in low]))
+    means["low_share"] = low_update_share(run, config)
     return means
+
+
+def low_update_share(run: dict[str, Any], config: MechanismConfig) -> float:
+    """The low-resource tasks' share of the update's weight after the last step: the sampling
+    probabilities p (plain training), p_n s_n normalized (scales and the surgery baselines), or the
+    weights w normalized (``weights``, ``softmax``). How far a method moved the mixture."""
+    probs = torch.as_tensor(temperature_probs(config.train_sizes, run["temperature"]), dtype=torch.float64)
+    weight = probs
+    if run["final_scales"] is not None:
+        scales = torch.tensor(run["final_scales"], dtype=torch.float64)
+        method = METHODS[run["method"]]
+        on_mean_gradients = (method.scaler == "cats"
+                             and method.cats_config().parameterization in MEAN_GRADIENT_PARAMETERIZATIONS)
+        weight = scales if on_mean_gradients else probs * scales
+    return float(weight[config.low_tasks].sum() / weight.sum())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -480,31 +546,42 @@ def paired_delta(per_seed: dict[str, dict[int, dict]], method: str, reference: s
     return _mean_std([per_seed[method][s][key] - per_seed[reference][s][key] for s in seeds])
 
 
-def summarize(runs: list[dict[str, Any]], config: MechanismConfig) -> dict[str, Any]:
-    """Per-method means, stds and paired deltas, the best temperature baseline, and the correlations."""
+def per_seed_means(runs: list[dict[str, Any]], config: MechanismConfig) -> dict[str, dict[int, dict]]:
+    """method -> seed -> the run's group means, with the run itself under "run"."""
     per_seed: dict[str, dict[int, dict]] = {}
     for run in runs:
         per_seed.setdefault(run["method"], {})[run["seed"]] = {**group_means(run, config), "run": run}
+    return per_seed
+
+
+def base_baseline(per_seed: dict[str, dict[int, dict]]) -> str | None:
+    """The temperature baseline with the lowest mean low-resource dev loss: the base temperature,
+    chosen on dev (never on test); None when no baseline ran."""
     baselines = [name for name in per_seed if METHODS[name].scaler == "plain"]
-    # The reference CATS must beat: the temperature with the lowest low-resource test loss,
-    # chosen on test, which favours the baseline.
-    best = min(baselines, key=lambda name: np.mean([v["low_test"] for v in per_seed[name].values()]), default=None)
+    return min(baselines, key=lambda name: np.mean([v["low_dev"] for v in per_seed[name].values()]), default=None)
+
+
+def summarize(runs: list[dict[str, Any]], config: MechanismConfig) -> dict[str, Any]:
+    """Per-method means, stds and paired deltas, the base temperature baseline, and the correlations."""
+    per_seed = per_seed_means(runs, config)
+    base = base_baseline(per_seed)
     methods = {}
     for name, seeds in per_seed.items():
         row = {key: _mean_std([v[key] for v in seeds.values()])
-               for key in ("high_test", "low_test", "low_train", *CURVATURE_MEASURES)}
+               for key in ("high_test", "low_test", "low_dev", "low_train", "low_share", *CURVATURE_MEASURES)}
+        row["temperature"] = next(iter(seeds.values()))["run"]["temperature"]
         for key in ("high_test", "low_test"):
             row[f"delta_{key}_vs_T1"] = paired_delta(per_seed, name, "T1", key)
-            row[f"delta_{key}_vs_best"] = paired_delta(per_seed, name, best, key) if best else (math.nan, math.nan)
+            row[f"delta_{key}_vs_base"] = paired_delta(per_seed, name, base, key) if base else (math.nan, math.nan)
         scales = [v["run"]["final_scales"] for v in seeds.values() if v["run"]["final_scales"] is not None]
         row["final_scales"] = np.mean(scales, axis=0).tolist() if scales else None
         methods[name] = row
     all_runs = [v for seeds in per_seed.values() for v in seeds.values()]
-    return {"best_temperature": best, "methods": methods, "num_runs": len(all_runs),
+    return {"base": base, "methods": methods, "num_runs": len(all_runs),
             "spearman_vs_low_test": correlations(all_runs),
             "spearman_within_seed": within_seed_correlations(per_seed),
-            "spearman_t1_runs": correlations([v for name, seeds in per_seed.items()
-                                              if METHODS[name].temperature == 1.0 for v in seeds.values()])}
+            "spearman_base_runs": correlations([v for v in all_runs if base and
+                                                v["run"]["temperature"] == methods[base]["temperature"]])}
 
 
 def correlations(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -536,27 +613,19 @@ def _pm(pair: tuple[float, float], digits: int = 3, signed: bool = False) -> str
     return f"{mean:+.{digits}f} ± {std:.{digits}f}" if signed else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _scales_text(scales: list[float] | None, config: MechanismConfig) -> str:
-    if scales is None:
-        return ""
-    high = np.mean(scales[:config.num_high_tasks])
-    low = np.mean(scales[config.num_high_tasks:])
-    return f"{high:.2f} / {low:.2f}"
-
-
-def loss_table(summary: dict[str, Any], config: MechanismConfig) -> str:
-    """Test losses with same-seed deltas vs T1 and, where another temperature is best, vs that one too."""
-    references = list(dict.fromkeys(["T1", summary["best_temperature"]]))
+def loss_table(summary: dict[str, Any]) -> str:
+    """Test losses (and the low-resource dev loss the base is chosen on) with same-seed deltas vs T1
+    and, where another temperature is the base, vs that one too."""
+    references = [ref for ref in dict.fromkeys(["T1", summary["base"]]) if ref]
     delta_titles = "".join(f"Δhigh vs {ref} | Δlow vs {ref} | " for ref in references)
-    lines = [f"| method | T | high test loss | low test loss | {delta_titles}final s high / low |",
-             "|---|" + "---:|" * (4 + 2 * len(references))]
+    lines = [f"| method | T | high test loss | low test loss | low dev loss | {delta_titles}low share of the update |",
+             "|---|" + "---:|" * (5 + 2 * len(references))]
+    keys = ["T1" if ref == "T1" else "base" for ref in references]
     for name, row in summary["methods"].items():
         deltas = "".join(f"{_pm(row[f'delta_high_test_vs_{key}'], signed=True)} | "
-                         f"{_pm(row[f'delta_low_test_vs_{key}'], signed=True)} | "
-                         for key in ["T1", "best"][:len(references)])
-        scales = _scales_text(row["final_scales"], config) if METHODS[name].scaler == "cats" else ""
-        lines.append(f"| {name} | {METHODS[name].temperature:g} | {_pm(row['high_test'])} | {_pm(row['low_test'])} | "
-                     f"{deltas}{scales} |")
+                         f"{_pm(row[f'delta_low_test_vs_{key}'], signed=True)} | " for key in keys)
+        lines.append(f"| {name} | {row['temperature']:g} | {_pm(row['high_test'])} | {_pm(row['low_test'])} | "
+                     f"{_pm(row['low_dev'])} | {deltas}{_pm(row['low_share'], 2)} |")
     return "\n".join(lines)
 
 
@@ -571,12 +640,20 @@ def curvature_table(summary: dict[str, Any]) -> str:
 
 def correlation_table(summary: dict[str, Any]) -> str:
     lines = ["| measure (mean over low-resource tasks) | ρ over all runs | ρ across methods within a seed | "
-             "ρ over the T=1 runs |", "|---|---:|---:|---:|"]
+             "ρ over the runs at the base temperature |", "|---|---:|---:|---:|"]
     for key, rho in summary["spearman_vs_low_test"].items():
         label = f"{key} (not a curvature: reference)" if key == "low_train" else key
         lines.append(f"| {label} | {rho:+.3f} | {_pm(summary['spearman_within_seed'][key], 2, signed=True)} | "
-                     f"{summary['spearman_t1_runs'][key]:+.3f} |")
+                     f"{summary['spearman_base_runs'][key]:+.3f} |")
     return "\n".join(lines)
+
+
+def _base_text(summary: dict[str, Any]) -> str:
+    base = summary["base"]
+    if base is None:
+        return "No temperature baseline ran, so the other rows ran at T=1."
+    return (f"Base temperature (the baseline with the lowest mean low-resource dev loss, chosen on dev): {base}; "
+            f"the CATS and surgery rows ran at T={summary['methods'][base]['temperature']:g}.")
 
 
 def report_markdown(command: str, config: MechanismConfig, seeds: list[int], summary: dict[str, Any],
@@ -590,11 +667,13 @@ def report_markdown(command: str, config: MechanismConfig, seeds: list[int], sum
         f"{config.label_noise}, {config.steps} Adam steps of "
         f"{config.batch_size} examples, seeds {seeds}, {seconds:.0f} s in all. Test loss is the mean cross-entropy "
         "over each task's test split, averaged over the group; mean ± std over seeds; Δ is the same-seed "
-        f"difference (negative: lower loss than the reference). Best temperature baseline (lowest mean "
-        f"low-resource test loss, chosen on test): {summary['best_temperature']}. CATS rows use CATSConfig "
-        "defaults with interval 1 (rows named tuned-* change the knob their name gives, and are not headline "
-        "rows); final s (CATS rows) is the mean scale of each group after the last step, mean over seeds.",
-        "## Test loss", loss_table(summary, config),
+        f"difference (negative: lower loss than the reference). {_base_text(summary)} cats-VARIANT rows "
+        "are the named variants of cats_ds/cats/variants.py, with CATSConfig's defaults for the keys a "
+        "variant leaves unset and interval 1 unless it sets one; the -train rows take their meta statistics "
+        "from the training batch (rows named tuned-* change the knob their name gives, and are not headline "
+        "rows). Low share of the update: the low-resource tasks' share of the update's weight after the last "
+        "step (the sampling probabilities for the temperature rows), mean ± std over seeds.",
+        "## Test loss", loss_table(summary),
         "## Low-resource curvature", "Means over the low-resource tasks; each task's Hessian over all parameters, "
         "of its full train split or full test split. top_eig: power iteration, "
         f"{config.eig_iterations} Hessian-vector products; trace: Hutchinson, {config.trace_samples} probes; "
@@ -603,7 +682,8 @@ def report_markdown(command: str, config: MechanismConfig, seeds: list[int], sum
         "## Which measure tracks generalization",
         f"Spearman ρ between each measure and the low-resource test loss, over all {summary['num_runs']} runs "
         "(every method and seed), across methods within each seed (mean ± std over seeds), and over the runs "
-        "at T=1 only (where upsampling's overfitting does not separate the runs into clusters).",
+        "at the base temperature only (the CATS and surgery rows and their baseline, which one sampling "
+        "temperature's overfitting does not separate into clusters).",
         correlation_table(summary),
     ]) + "\n"
 
@@ -616,16 +696,16 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     markers = "osD^v<>pXh*P"
-    figure, (everything, at_t1) = plt.subplots(1, 2, figsize=(13, 6))
+    figure, (everything, at_base) = plt.subplots(1, 2, figsize=(13, 6))
     for index, (name, row) in enumerate(summary["methods"].items()):
         (x, x_std), (y, y_std) = row["high_test"], row["low_test"]
         style = dict(xerr=x_std, yerr=y_std, fmt=markers[index % len(markers)], color=f"C{index % 10}", capsize=3)
         everything.errorbar(x, y, label=name, **style)
-        if METHODS[name].temperature == 1.0:  # the T=1 rows overlap at full scale: a zoomed panel
-            at_t1.errorbar(x, y, **style)
+        if METHODS[name].scaler != "plain":  # the rows on the base temperature overlap: a zoomed panel
+            at_base.errorbar(x, y, **style)
     everything.set_title("all methods (mean ± std over seeds)")
-    at_t1.set_title("methods at T=1, zoomed")
-    for axes in (everything, at_t1):
+    at_base.set_title("CATS and surgery rows (on the base temperature), zoomed")
+    for axes in (everything, at_base):
         axes.set_xlabel("high-resource test loss")
         axes.set_ylabel("low-resource test loss")
     everything.legend(fontsize=7)
@@ -644,8 +724,13 @@ def run_benchmark(config: MechanismConfig, methods: list[str], seeds: list[int],
     """Every (method, seed) run, then report.md, results.json and low_vs_high.png under ``out``."""
     start = time.perf_counter()
     problems = {seed: make_problem(config, seed) for seed in seeds}
-    runs = [run_one(config, name, seed, problems[seed])
-            for name, seed in tqdm(list(product(methods, seeds)), desc="mechanism", unit="run")]
+    baselines = [name for name in methods if METHODS[name].scaler == "plain"]
+    others = [name for name in methods if name not in baselines]
+    with tqdm(total=len(methods) * len(seeds), desc="mechanism", unit="run") as progress:
+        runs = _run_many(config, baselines, problems, None, progress)
+        # The baselines have run: the others run on the base temperature, chosen on their dev loss.
+        base = base_baseline(per_seed_means(runs, config))
+        runs += _run_many(config, others, problems, METHODS[base].temperature if base else 1.0, progress)
     summary = summarize(runs, config)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
@@ -657,6 +742,15 @@ def run_benchmark(config: MechanismConfig, methods: list[str], seeds: list[int],
     plot(summary, out / "low_vs_high.png")
     print(report)
     return results
+
+
+def _run_many(config: MechanismConfig, names: list[str], problems: dict[int, Problem],
+              base_temperature: float | None, progress: tqdm) -> list[dict[str, Any]]:
+    runs = []
+    for name, seed in product(names, problems):
+        runs.append(run_one(config, name, seed, problems[seed], base_temperature))
+        progress.update()
+    return runs
 
 
 def _without_nan(value: Any) -> Any:
