@@ -27,10 +27,11 @@ The temperature baselines run first; every other row (each named CATS variant, P
 runs on the base temperature: the baseline with the lowest low-resource dev loss.
 
 The report: per method, mean +- std over seeds of the high- and low-resource test loss, the
-same-seed deltas against T=1 and against the base temperature baseline, the CATS rows' final
-scales, the curvature of the low-resource tasks (top Hessian eigenvalue and Hutchinson trace
-of their train and test losses, and an elementwise-adaptive, scale-invariant trace), and the
-Spearman correlation of each curvature measure with the low-resource test loss over all runs.
+same-seed deltas against T=1 and against the base temperature baseline, the low-resource dev
+loss, the low-resource tasks' share of the update at the end, their curvature (top Hessian
+eigenvalue and Hutchinson trace of their train and test losses, and an elementwise-adaptive,
+scale-invariant trace), and the Spearman correlation of each curvature measure with the
+low-resource test loss over all runs.
 Writes DIR/report.md, DIR/results.json and DIR/low_vs_high.png.
 """
 
