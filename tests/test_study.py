@@ -209,7 +209,8 @@ TASKS = ["fr-en", "de-en", "es-en"]
 
 def _results(low: float, high: float) -> dict:
     test = {"fr-en": high - 1, "de-en": high + 1, "es-en": low}
-    dev = {"dev_loss": 4.0 - high / 10, "dev_loss_low": 4.0 - low / 10}
+    task_dev_loss = [4.0 - high / 10, 4.0 - high / 10, 4.0 - low / 10]     # TASKS' order
+    dev = {"dev_loss": sum(task_dev_loss) / 3, "dev_loss_low": 4.0 - low / 10, "task_dev_loss": task_dev_loss}
     return {"step": 700, "dev": dev, "low_resource_directions": ["es-en"], "cats": False,
             "test": {d: {"bleu": b, "chrf": 10 * b, "distinct": share, "sentences": 200}
                      for (d, b), share in zip(test.items(), (1.0, 0.9, 0.6))},
@@ -290,16 +291,36 @@ def _report_from(out: Path, heading: str) -> str:
 
 def test_report_dev_loss_table(synthetic_study):
     text = _report_from(synthetic_study, "### Dev loss")
-    assert "| method | seeds | dev loss low | dev loss all | Δ dev loss low vs best T | Δ dev loss all vs best T |" \
-        in text
-    # dev loss low = 4 - BLEU low / 10: T5 3.7, 3.6; all = 4 - BLEU high / 10: 2.7, 2.6
+    assert ("| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T |"
+            in text)
+    # dev loss low = 4 - BLEU low / 10: T5 3.7, 3.6; high = 4 - BLEU high / 10: 2.7, 2.6
     assert _row(text, "T5 (best T baseline)") == ["T5 (best T baseline)", "2", "3.650 ± 0.071", "2.650 ± 0.071",
                                                   "(reference)", "(reference)"]
-    # T1 - T5 by seed: low 3.8 - 3.7, 3.7 - 3.6; all 2.8 - 2.7, 2.7 - 2.6
+    # T1 - T5 by seed: low 3.8 - 3.7, 3.7 - 3.6; high 2.8 - 2.7, 2.7 - 2.6
     assert _row(text, "T1")[1:] == ["2", "3.750 ± 0.071", "2.750 ± 0.071", "+0.100 ± 0.000", "+0.100 ± 0.000"]
     # cats - T5 by seed: low -0.1, -0.05
     assert _row(text, "cats")[2:5:2] == ["3.575 ± 0.035", "-0.075 ± 0.035"]
     assert _row(text, "tuned_cats (tuned)")[1:5] == ["1", "3.750", "2.700", "+0.050"]
+
+
+def test_the_default_is_chosen_on_dev_losses(synthetic_study):
+    # cats - T5 by seed: dev loss low -0.1, -0.05 (a gain beyond the spread), high +0.1, -0.1 (within it);
+    # T1 is a baseline and tuned_cats is tuned: neither is a candidate
+    text = _report_from(synthetic_study, "### The default chosen on the dev sets")
+    assert "against T5 beyond the seed spread without raising the high-resource one beyond its spread: " \
+           "cats (-0.075) (each over 2 seeds;" in text
+    assert "- Chosen on dev: cats." in text
+
+
+def test_no_default_when_the_high_resource_dev_loss_pays(synthetic_study):
+    # cats's high-resource dev loss 4.0 against T5's 2.7, 2.6 (the low-resource one keeps its gain)
+    for seed in (1, 2):
+        run_dir = synthetic_study / f"d_tiny_t300_cats_s{seed}"
+        low_loss = json.loads((run_dir / "results.json").read_text())["dev"]["dev_loss_low"]
+        _rewrite_results(run_dir, dev={"task_dev_loss": [4.0, 4.0, low_loss]})
+    text = _report_from(synthetic_study, "### The default chosen on the dev sets")
+    assert "its spread: none (each over 2 seeds;" in text
+    assert "- Chosen on dev: none; no method beats T5 on the dev sets beyond the seed spread." in text
 
 
 def test_report_correlates_curvature_with_generalization(synthetic_study):

@@ -29,9 +29,10 @@ baseline (the baseline with the lowest mean low-resource dev loss in the group: 
 sets, not on the test numbers), paired by seed (the seeds both finished); whether the temperature
 baselines show the trade-off CATS is meant to resolve (against the lowest temperature, upsampling
 helps the low-resource mean and costs the high-resource one, each beyond the seed spread, with
->= 90% distinct outputs); the low-resource and overall dev loss with the same paired deltas; the
-top Hessian eigenvalue and Hessian trace per task and method (mean over seeds), and the Spearman
-correlation over runs of their low-resource means with the low-resource dev loss and BLEU; and
+>= 90% distinct outputs); the low- and high-resource dev loss with the same paired deltas, and
+the method issue 14's rule picks on them (the default chosen on the dev sets); the top Hessian
+eigenvalue and Hessian trace per task and method (mean over seeds), and the Spearman correlation
+over runs of their low-resource means with the low-resource dev loss and BLEU; and
 plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only restate these numbers: a
 delta is "within seed spread" when its absolute mean is at most the standard deviation of the
 paired deltas. Nothing here is a significance test.
@@ -342,15 +343,30 @@ def _delta_cells(group: Group, method: str, best: str | None) -> list[str]:
             for key in ("bleu_low", "bleu_high")]
 
 
-DEV_LOSSES = ("dev_loss_low", "dev_loss")
+DEV_LOSSES = ("dev_loss_low", "dev_loss_high")
+
+
+def dev_by_seed(group: Group, method: str) -> dict[int, dict]:
+    """seed -> the dev losses at the evaluated checkpoint of the method's finished runs: the
+    low-resource mean as the trainer wrote it, and the high-resource mean over its other tasks."""
+    tasks, low = group.tasks()
+    high = [i for i, task in enumerate(tasks) if task not in low]
+    dev = {}
+    for seed, results in group.finished(method).items():
+        if "dev" not in results:
+            continue
+        dev[seed] = {"dev_loss_low": results["dev"]["dev_loss_low"]}
+        if high and "task_dev_loss" in results["dev"]:
+            dev[seed]["dev_loss_high"] = statistics.fmean(results["dev"]["task_dev_loss"][i] for i in high)
+    return dev
 
 
 def dev_loss_table(group: Group, spec: StudySpec) -> list[str]:
     """Dev loss at the evaluated checkpoint (mean over tasks of each task's per-token loss): it moves
     before BLEU does, so it still separates methods while the models barely use the source."""
     best = best_baseline(group, spec.baselines)
-    dev = {m: {seed: r["dev"] for seed, r in group.finished(m).items() if "dev" in r} for m in method_order(spec)}
-    lines = ["| method | seeds | dev loss low | dev loss all | Δ dev loss low vs best T | Δ dev loss all vs best T |",
+    dev = {m: dev_by_seed(group, m) for m in method_order(spec)}
+    lines = ["| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T |",
              "|---|---:|---:|---:|---:|---:|"]
     for method, by_seed in dev.items():
         if best is None or method == best:
@@ -361,6 +377,34 @@ def dev_loss_table(group: Group, spec: StudySpec) -> list[str]:
                                         *(fmt(_values(by_seed, key), digits=3) for key in DEV_LOSSES), *deltas])
                      + " |")
     return lines
+
+
+def default_choice(group: Group, spec: StudySpec) -> list[str]:
+    """Issue 14's rule, applied on the dev sets (never on test scores): of the methods that are neither
+    temperature baselines nor tuned, the one that lowers the low-resource dev loss the most against the
+    best temperature baseline, counted only where that gain is larger than the seed spread and the
+    high-resource dev loss does not rise by more than its seed spread."""
+    best = best_baseline(group, spec.baselines)
+    candidates = [m for m in method_order(spec) if m not in spec.baselines and m not in spec.tuned]
+    if best is None or not candidates:
+        return ["- Needs a finished temperature baseline and an untuned method that is not one."]
+    reference = dev_by_seed(group, best)
+    dev = {m: dev_by_seed(group, m) for m in candidates}
+    gains = {}
+    for method, by_seed in dev.items():
+        low, high = (paired_deltas(by_seed, reference, key) for key in DEV_LOSSES)
+        if _beyond_spread([-d for d in low]) and not _beyond_spread(high):
+            gains[method] = statistics.fmean(low)
+    seeds = sorted({len(by_seed) for by_seed in dev.values()})
+    seed_counts = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+    lines = [f"- Methods that lower the low-resource dev loss against {best} beyond the seed spread without "
+             "raising the high-resource one beyond its spread: "
+             + (", ".join(f"{m} ({d:+.3f})" for m, d in sorted(gains.items(), key=lambda item: item[1]))
+                or "none") + f" (each over {seed_counts} seeds; one seed has no spread and counts"
+             " for none)."]
+    if gains:
+        return lines + [f"- Chosen on dev: {min(gains, key=gains.get)}."]
+    return lines + [f"- Chosen on dev: none; no method beats {best} on the dev sets beyond the seed spread."]
 
 
 CURVATURE_MEASURES = {"top_eigenvalue": "top Hessian eigenvalue", "hessian_trace": "Hessian trace (Hutchinson)"}
@@ -692,6 +736,7 @@ def group_section(group: Group, spec: StudySpec, out: Path, plots: list[Path]) -
             "### Temperature trade-off", "", *temperature_tradeoff(group, spec), "",
             "### Dev loss (per-token cross-entropy, mean over tasks; deltas paired by seed)", "",
             *dev_loss_table(group, spec), "",
+            "### The default chosen on the dev sets", "", *default_choice(group, spec), "",
             *(line for key, title in CURVATURE_MEASURES.items()
               for line in [f"### Curvature: {title} of each task's dev loss (mean over seeds)", "",
                            *curvature_table(group, spec, key), ""]),
