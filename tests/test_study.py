@@ -308,7 +308,7 @@ def test_the_default_is_chosen_on_dev_losses(synthetic_study):
     # T1 is a baseline and tuned_cats is tuned: neither is a candidate
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
     assert "against T5 beyond the seed spread without raising the high-resource one beyond its spread: " \
-           "cats (-0.075) (each over 2 seeds;" in text
+           "cats (-0.075)." in text
     assert "- Chosen on dev: cats." in text
 
 
@@ -319,8 +319,15 @@ def test_no_default_when_the_high_resource_dev_loss_pays(synthetic_study):
         low_loss = json.loads((run_dir / "results.json").read_text())["dev"]["dev_loss_low"]
         _rewrite_results(run_dir, dev={"task_dev_loss": [4.0, 4.0, low_loss]})
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
-    assert "its spread: none (each over 2 seeds;" in text
+    assert "its spread: none.\n" in text
     assert "- Chosen on dev: none; no method beats T5 on the dev sets beyond the seed spread." in text
+
+
+def test_a_method_with_one_seed_is_not_counted_yet(synthetic_study):
+    (synthetic_study / "d_tiny_t300_cats_s2" / "results.json").unlink()
+    text = _report_from(synthetic_study, "### The default chosen on the dev sets")
+    assert "- Not counted yet (fewer than 2 seeds paired with T5): cats." in text
+    assert "- Chosen on dev: none so far." in text
 
 
 def test_report_correlates_curvature_with_generalization(synthetic_study):

@@ -386,24 +386,29 @@ def default_choice(group: Group, spec: StudySpec) -> list[str]:
     high-resource dev loss does not rise by more than its seed spread."""
     best = best_baseline(group, spec.baselines)
     candidates = [m for m in method_order(spec) if m not in spec.baselines and m not in spec.tuned]
-    if best is None or not candidates:
-        return ["- Needs a finished temperature baseline and an untuned method that is not one."]
+    if not candidates:
+        return ["- No untuned method but the temperature baselines in this study: nothing to choose."]
+    if best is None:
+        return ["- No temperature baseline has finished in this group: nothing to compare with."]
     reference = dev_by_seed(group, best)
-    dev = {m: dev_by_seed(group, m) for m in candidates}
-    gains = {}
-    for method, by_seed in dev.items():
-        low, high = (paired_deltas(by_seed, reference, key) for key in DEV_LOSSES)
-        if _beyond_spread([-d for d in low]) and not _beyond_spread(high):
+    gains, too_few_seeds = {}, []
+    for method in candidates:
+        low, high = (paired_deltas(dev_by_seed(group, method), reference, key) for key in DEV_LOSSES)
+        if len(low) < 2:
+            too_few_seeds.append(method)
+        elif _beyond_spread([-d for d in low]) and not _beyond_spread(high):
             gains[method] = statistics.fmean(low)
-    seeds = sorted({len(by_seed) for by_seed in dev.values()})
-    seed_counts = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
     lines = [f"- Methods that lower the low-resource dev loss against {best} beyond the seed spread without "
              "raising the high-resource one beyond its spread: "
              + (", ".join(f"{m} ({d:+.3f})" for m, d in sorted(gains.items(), key=lambda item: item[1]))
-                or "none") + f" (each over {seed_counts} seeds; one seed has no spread and counts"
-             " for none)."]
+                or "none") + "."]
+    if too_few_seeds:
+        lines.append(f"- Not counted yet (fewer than 2 seeds paired with {best}): {', '.join(too_few_seeds)}.")
     if gains:
-        return lines + [f"- Chosen on dev: {min(gains, key=gains.get)}."]
+        return lines + [f"- Chosen on dev: {min(gains, key=gains.get)}"
+                        + (" (so far)." if too_few_seeds else ".")]
+    if too_few_seeds:
+        return lines + ["- Chosen on dev: none so far."]
     return lines + [f"- Chosen on dev: none; no method beats {best} on the dev sets beyond the seed spread."]
 
 
