@@ -205,6 +205,7 @@ LOW = {"T1": {1: 2.0, 2: 3.0}, "T5": {1: 3.0, 2: 4.0}, "cats": {1: 4.0, 2: 4.5},
 HIGH = {"T1": {1: 12.0, 2: 13.0}, "T5": {1: 13.0, 2: 14.0}, "cats": {1: 12.0, 2: 15.0}, "tuned_cats": {1: 13.0}}
 CURVATURE = {"T5": {1: (10.0, 1.0), 2: (20.0, 2.0)}, "cats": {1: (4.0, 1.0), 2: (6.0, 3.0)}}  # (fr-en, es-en)
 TASKS = ["fr-en", "de-en", "es-en"]
+TOKEN_SHARE = [0.45, 0.45, 0.1]     # every logged step's target-token shares
 
 
 def _results(low: float, high: float) -> dict:
@@ -221,9 +222,10 @@ def _results(low: float, high: float) -> dict:
 def _write_run(run_dir: Path, method: str, seed: int) -> None:
     config = {"cats": {"enabled": "cats" in method}, "eval": {"every_steps": 0}, "train": {"keep_best": True}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    records = [{"kind": "run", "step": 0, "tasks": TASKS, "low_resource": ["es-en"], "parameters": 12345}]
+    records = [{"kind": "run", "step": 0, "tasks": TASKS, "low_resource": ["es-en"], "parameters": 12345},
+               {"kind": "train", "step": 5, "loss": 4.0, "token_share": TOKEN_SHARE}]
     if "cats" in method:       # step 10 twice (a restarted run): the last record counts
-        records += [{"kind": "train", "step": s, "loss": 4.0, "cats": {"scales": sc}}
+        records += [{"kind": "train", "step": s, "loss": 4.0, "token_share": TOKEN_SHARE, "cats": {"scales": sc}}
                     for s, sc in ((10, [9.0, 9.0, 9.0]), (10, [1.0, 1.0, 1.0]), (20, [0.5, 0.5, 2.0 * seed]))]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if seed in LOW[method]:
@@ -291,15 +293,20 @@ def _report_from(out: Path, heading: str) -> str:
 
 def test_report_dev_loss_table(synthetic_study):
     text = _report_from(synthetic_study, "### Dev loss")
-    assert ("| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T |"
-            in text)
+    assert ("| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T "
+            "| low share of the update |" in text)
     # dev loss low = 4 - BLEU low / 10: T5 3.7, 3.6; high = 4 - BLEU high / 10: 2.7, 2.6
+    # no scales: the low-resource token share, 10%
     assert _row(text, "T5 (best T baseline)") == ["T5 (best T baseline)", "2", "3.650 ± 0.071", "2.650 ± 0.071",
-                                                  "(reference)", "(reference)"]
+                                                  "(reference)", "(reference)", "10.0 ± 0.0%"]
     # T1 - T5 by seed: low 3.8 - 3.7, 3.7 - 3.6; high 2.8 - 2.7, 2.7 - 2.6
-    assert _row(text, "T1")[1:] == ["2", "3.750 ± 0.071", "2.750 ± 0.071", "+0.100 ± 0.000", "+0.100 ± 0.000"]
+    assert _row(text, "T1")[1:6] == ["2", "3.750 ± 0.071", "2.750 ± 0.071", "+0.100 ± 0.000", "+0.100 ± 0.000"]
     # cats - T5 by seed: low -0.1, -0.05
     assert _row(text, "cats")[2:5:2] == ["3.575 ± 0.035", "-0.075 ± 0.035"]
+    # cats's low share at steps 5, 10, 20: 0.1, 0.1 (scales 1; the step-10 record written last), then
+    # 0.1 x 2 seed / (0.45 x 0.5 x 2 + 0.1 x 2 seed): 0.2 / 0.65 at seed 1, 0.4 / 0.85 at seed 2
+    # means over the steps 16.92% and 22.35%: 19.64 ± 3.84 over the seeds
+    assert _row(text, "cats")[-1] == "19.6 ± 3.8%"
     assert _row(text, "tuned_cats (tuned)")[1:5] == ["1", "3.750", "2.700", "+0.050"]
 
 

@@ -30,12 +30,13 @@ sets, not on the test numbers), paired by seed (the seeds both finished); whethe
 baselines show the trade-off CATS is meant to resolve (against the lowest temperature, upsampling
 helps the low-resource mean and costs the high-resource one, each beyond the seed spread, with
 >= 90% distinct outputs); the low- and high-resource dev loss with the same paired deltas, and
-the method issue 14's rule picks on them (the default chosen on the dev sets); the top Hessian
-eigenvalue and Hessian trace per task and method (mean over seeds), and the Spearman correlation
-over runs of their low-resource means with the low-resource dev loss and BLEU; and
-plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only restate these numbers: a
-delta is "within seed spread" when its absolute mean is at most the standard deviation of the
-paired deltas. Nothing here is a significance test.
+the low-resource share of the update (how far a method moved the mixture, from the logged token
+shares and scales); the method issue 14's rule picks on those dev losses (the default chosen on
+the dev sets); the top Hessian eigenvalue and Hessian trace per task and method (mean over
+seeds), and the Spearman correlation over runs of their low-resource means with the low-resource
+dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only
+restate these numbers: a delta is "within seed spread" when its absolute mean is at most the
+standard deviation of the paired deltas. Nothing here is a significance test.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class RunData:
     curvature: dict | None                 # curvature.json
     record: dict | None                    # the last "run" record of metrics.jsonl (tasks, parameters)
     scales: dict[int, list[float]]         # step -> CATS / surgery scales (last record of each step)
+    low_share: float | None                # the low-resource tasks' mean share of the update
 
     @property
     def status(self) -> str:
@@ -189,9 +191,23 @@ def load_run(job: Job) -> RunData:
     metrics = job.run_dir / "metrics.jsonl"
     records = read_metrics(metrics) if metrics.exists() else []
     runs = [r for r in records if r["kind"] == "run"]
-    scales = {r["step"]: r["cats"]["scales"] for r in records if r["kind"] == "train" and "cats" in r}
+    steps = {r["step"]: r for r in records if r["kind"] == "train"}     # the last record of each step
+    scales = {step: r["cats"]["scales"] for step, r in steps.items() if "cats" in r}
     return RunData(job, _json(job.run_dir / "results.json"), _json(job.run_dir / CURVATURE),
-                   runs[-1] if runs else None, scales)
+                   runs[-1] if runs else None, scales, low_update_share(list(steps.values()), runs[-1] if runs else {}))
+
+
+def low_update_share(steps: list[dict], run_record: dict) -> float | None:
+    """How far a method moved the mixture: the low-resource tasks' share of the update's weight,
+    sum over them of pi_n s_n over the sum over all tasks (pi: the step's target-token shares, s: the
+    CATS or surgery scales, 1 without them; with weights, pi_n s_n is w_n), mean over the logged steps."""
+    low = [i for i, task in enumerate(run_record.get("tasks", [])) if task in run_record.get("low_resource", [])]
+    shares = []
+    for record in steps:
+        if low and "token_share" in record:
+            weight = np.asarray(record["token_share"]) * np.asarray(record.get("cats", {}).get("scales", 1.0))
+            shares.append(float(weight[low].sum() / weight.sum()))
+    return statistics.fmean(shares) if shares else None
 
 
 def _json(path: Path) -> dict | None:
@@ -366,16 +382,18 @@ def dev_loss_table(group: Group, spec: StudySpec) -> list[str]:
     before BLEU does, so it still separates methods while the models barely use the source."""
     best = best_baseline(group, spec.baselines)
     dev = {m: dev_by_seed(group, m) for m in method_order(spec)}
-    lines = ["| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | seeds | dev loss low | dev loss high | Δ dev loss low vs best T | Δ dev loss high vs best T "
+             "| low share of the update |", "|---|---:|---:|---:|---:|---:|---:|"]
     for method, by_seed in dev.items():
         if best is None or method == best:
             deltas = ["no baseline finished" if best is None else "(reference)"] * 2
         else:
             deltas = [fmt(paired_deltas(by_seed, dev[best], key), signed=True, digits=3) for key in DEV_LOSSES]
+        low_shares = [100 * r.low_share for r in group.runs
+                      if r.job.method == method and r.results is not None and r.low_share is not None]
         lines.append("| " + " | ".join([method_label(spec, method, best), str(len(by_seed)),
-                                        *(fmt(_values(by_seed, key), digits=3) for key in DEV_LOSSES), *deltas])
-                     + " |")
+                                        *(fmt(_values(by_seed, key), digits=3) for key in DEV_LOSSES), *deltas,
+                                        fmt(low_shares, digits=1) + ("%" if low_shares else "")]) + " |")
     return lines
 
 
