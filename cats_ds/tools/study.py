@@ -190,11 +190,11 @@ class RunData:
 def load_run(job: Job) -> RunData:
     metrics = job.run_dir / "metrics.jsonl"
     records = read_metrics(metrics) if metrics.exists() else []
-    runs = [r for r in records if r["kind"] == "run"]
+    run_record = next((r for r in reversed(records) if r["kind"] == "run"), None)
     steps = {r["step"]: r for r in records if r["kind"] == "train"}     # the last record of each step
     scales = {step: r["cats"]["scales"] for step, r in steps.items() if "cats" in r}
-    return RunData(job, _json(job.run_dir / "results.json"), _json(job.run_dir / CURVATURE),
-                   runs[-1] if runs else None, scales, low_update_share(list(steps.values()), runs[-1] if runs else {}))
+    return RunData(job, _json(job.run_dir / "results.json"), _json(job.run_dir / CURVATURE), run_record, scales,
+                   low_update_share(list(steps.values()), run_record or {}))
 
 
 def low_update_share(steps: list[dict], run_record: dict) -> float | None:
