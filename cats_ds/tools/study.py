@@ -31,8 +31,8 @@ baselines show the trade-off CATS is meant to resolve (against the lowest temper
 helps the low-resource mean and costs the high-resource one, each beyond the seed spread, with
 >= 90% distinct outputs); the low- and high-resource dev loss with the same paired deltas, and
 the low-resource share of the update (how far a method moved the mixture, from the logged token
-shares and scales); the method issue 14's rule picks on those dev losses (the default chosen on
-the dev sets); the top Hessian eigenvalue and Hessian trace per task and method (mean over
+shares and scales); the method issue 14's rule picks on those dev losses, and whether it helps
+(the default chosen on the dev sets); the top Hessian eigenvalue and Hessian trace per task and method (mean over
 seeds), and the Spearman correlation over runs of their low-resource means with the low-resource
 dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only
 restate these numbers: a delta is "within seed spread" when its absolute mean is at most the
@@ -399,9 +399,10 @@ def dev_loss_table(group: Group, spec: StudySpec) -> list[str]:
 
 def default_choice(group: Group, spec: StudySpec) -> list[str]:
     """Issue 14's rule, applied on the dev sets (never on test scores): of the methods that are neither
-    temperature baselines nor tuned, the one that lowers the low-resource dev loss the most against the
-    best temperature baseline, counted only where that gain is larger than the seed spread and the
-    high-resource dev loss does not rise by more than its seed spread."""
+    temperature baselines nor tuned and have 2 or more seeds paired with the best temperature baseline,
+    those whose high-resource dev loss does not rise beyond its seed spread are admissible, and the
+    admissible one with the lowest mean low-resource dev loss is chosen. Whether it beats the baseline
+    is said beside it: where no method helps, the rule still names the one that costs the least."""
     best = best_baseline(group, spec.baselines)
     candidates = [m for m in method_order(spec) if m not in spec.baselines and m not in spec.tuned]
     if not candidates:
@@ -409,25 +410,38 @@ def default_choice(group: Group, spec: StudySpec) -> list[str]:
     if best is None:
         return ["- No temperature baseline has finished in this group: nothing to compare with."]
     reference = dev_by_seed(group, best)
-    gains, too_few_seeds = {}, []
+    admissible, excluded, too_few_seeds = {}, {}, []
     for method in candidates:
         low, high = (paired_deltas(dev_by_seed(group, method), reference, key) for key in DEV_LOSSES)
         if len(low) < 2:
             too_few_seeds.append(method)
-        elif _beyond_spread([-d for d in low]) and not _beyond_spread(high):
-            gains[method] = statistics.fmean(low)
-    lines = [f"- Methods that lower the low-resource dev loss against {best} beyond the seed spread without "
-             "raising the high-resource one beyond its spread: "
-             + (", ".join(f"{m} ({d:+.3f})" for m, d in sorted(gains.items(), key=lambda item: item[1]))
-                or "none") + "."]
+        elif _beyond_spread(high):
+            excluded[method] = high
+        else:
+            admissible[method] = low
+    by_gain = sorted(admissible, key=lambda m: statistics.fmean(admissible[m]))
+    lines = [f"- Admissible (the high-resource dev loss does not rise beyond its seed spread), by Δ low-resource "
+             f"dev loss against {best}: " + (", ".join(f"{m} ({fmt(admissible[m], True, 3)})" for m in by_gain)
+                                             or "none") + "."]
+    if excluded:
+        lines.append("- Excluded (the high-resource dev loss rises beyond its seed spread): "
+                     + ", ".join(f"{m} (high {fmt(d, True, 3)})" for m, d in excluded.items()) + ".")
     if too_few_seeds:
         lines.append(f"- Not counted yet (fewer than 2 seeds paired with {best}): {', '.join(too_few_seeds)}.")
-    if gains:
-        return lines + [f"- Chosen on dev: {min(gains, key=gains.get)}"
-                        + (" (so far)." if too_few_seeds else ".")]
-    if too_few_seeds:
-        return lines + ["- Chosen on dev: none so far."]
-    return lines + [f"- Chosen on dev: none; no method beats {best} on the dev sets beyond the seed spread."]
+    so_far = " so far" if too_few_seeds else ""
+    if not by_gain:
+        return lines + [f"- Chosen on dev{so_far}: none."]
+    return lines + [f"- Chosen on dev{so_far}: {by_gain[0]}; {_helps(admissible[by_gain[0]], best)}."]
+
+
+def _helps(low_deltas: list[float], best: str) -> str:
+    """Whether the chosen method's low-resource dev-loss deltas against ``best`` are a gain."""
+    if _beyond_spread([-d for d in low_deltas]):
+        return f"it lowers the low-resource dev loss against {best} beyond the seed spread"
+    if _beyond_spread(low_deltas):
+        return (f"no method helps: even this one raises the low-resource dev loss against {best} beyond the "
+                "seed spread")
+    return f"no method helps: this one's low-resource dev loss is within the seed spread of {best}'s"
 
 
 CURVATURE_MEASURES = {"top_eigenvalue": "top Hessian eigenvalue", "hessian_trace": "Hessian trace (Hutchinson)"}
