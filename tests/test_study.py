@@ -315,13 +315,14 @@ def test_the_default_is_chosen_on_dev_losses(synthetic_study):
     # T1 is a baseline and tuned_cats is tuned: neither is a candidate
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
     assert "by Δ low-resource dev loss against T5: cats (-0.075 ± 0.035).\n" in text
-    assert "- Chosen on dev: cats; it lowers the low-resource dev loss against T5 beyond the seed spread." in text
+    assert ("- Chosen on dev (of the CATS variants): cats; it lowers the low-resource dev loss against T5 beyond the "
+            "seed spread.") in text
 
 
 @pytest.mark.parametrize("low_losses, verdict", [
-    ({1: 3.8, 2: 3.65}, "no method helps: even this one raises the low-resource dev loss against T5 beyond the "
+    ({1: 3.8, 2: 3.65}, "no CATS variant helps: even this one raises the low-resource dev loss against T5 beyond the "
                         "seed spread"),
-    ({1: 3.8, 2: 3.5}, "no method helps: this one's low-resource dev loss is within the seed spread of T5's")],
+    ({1: 3.8, 2: 3.5}, "no CATS variant helps: this one's low-resource dev loss is within the seed spread of T5's")],
     ids=["worse", "within"])
 def test_the_rule_names_the_least_costly_method_when_none_helps(synthetic_study, low_losses, verdict):
     # T5's low-resource dev loss is 3.7, 3.6: cats - T5 is +0.1, +0.05 (a loss beyond the spread), or
@@ -329,7 +330,18 @@ def test_the_rule_names_the_least_costly_method_when_none_helps(synthetic_study,
     for seed, loss in low_losses.items():
         _rewrite_results(synthetic_study / f"d_tiny_t300_cats_s{seed}", dev={"dev_loss_low": loss})
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
-    assert f"- Chosen on dev: cats; {verdict}." in text
+    assert f"- Chosen on dev (of the CATS variants): cats; {verdict}." in text
+
+
+def test_a_surgery_method_is_listed_but_not_chosen(synthetic_study):
+    # the same dev losses as a run of PCGrad: admissible, but the default is a CATS variant
+    for seed in (1, 2):
+        config_path = synthetic_study / f"d_tiny_t300_cats_s{seed}" / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        config_path.write_text(yaml.safe_dump({**config, "cats": {"enabled": True, "method": "pcgrad"}}))
+    text = _report_from(synthetic_study, "### The default chosen on the dev sets")
+    assert "by Δ low-resource dev loss against T5: cats (-0.075 ± 0.035).\n" in text
+    assert "- Chosen on dev (of the CATS variants): none.\n" in text
 
 
 def test_no_default_when_the_high_resource_dev_loss_pays(synthetic_study):
@@ -341,14 +353,14 @@ def test_no_default_when_the_high_resource_dev_loss_pays(synthetic_study):
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
     assert "against T5: none.\n" in text
     assert "- Excluded (the high-resource dev loss rises beyond its seed spread): cats (high +1.350 ± 0.071)." in text
-    assert "- Chosen on dev: none.\n" in text
+    assert "- Chosen on dev (of the CATS variants): none.\n" in text
 
 
 def test_a_method_with_one_seed_is_not_counted_yet(synthetic_study):
     (synthetic_study / "d_tiny_t300_cats_s2" / "results.json").unlink()
     text = _report_from(synthetic_study, "### The default chosen on the dev sets")
     assert "- Not counted yet (fewer than 2 seeds paired with T5): cats." in text
-    assert "- Chosen on dev so far: none." in text
+    assert "- Chosen on dev (of the CATS variants) so far: none." in text
 
 
 def test_report_correlates_curvature_with_generalization(synthetic_study):

@@ -401,8 +401,9 @@ def default_choice(group: Group, spec: StudySpec) -> list[str]:
     """Issue 14's rule, applied on the dev sets (never on test scores): of the methods that are neither
     temperature baselines nor tuned and have 2 or more seeds paired with the best temperature baseline,
     those whose high-resource dev loss does not rise beyond its seed spread are admissible, and the
-    admissible one with the lowest mean low-resource dev loss is chosen. Whether it beats the baseline
-    is said beside it: where no method helps, the rule still names the one that costs the least."""
+    admissible CATS variant with the lowest mean low-resource dev loss is chosen (PCGrad and MGDA are
+    listed beside the variants, not chosen: the default is a ``cats.variant``). Whether it beats the
+    baseline is said beside it: where no variant helps, the rule still names the one that costs least."""
     best = best_baseline(group, spec.baselines)
     candidates = [m for m in method_order(spec) if m not in spec.baselines and m not in spec.tuned]
     if not candidates:
@@ -428,20 +429,32 @@ def default_choice(group: Group, spec: StudySpec) -> list[str]:
                      + ", ".join(f"{m} (high {fmt(d, True, 3)})" for m, d in excluded.items()) + ".")
     if too_few_seeds:
         lines.append(f"- Not counted yet (fewer than 2 seeds paired with {best}): {', '.join(too_few_seeds)}.")
-    so_far = " so far" if too_few_seeds else ""
-    if not by_gain:
-        return lines + [f"- Chosen on dev{so_far}: none."]
-    return lines + [f"- Chosen on dev{so_far}: {by_gain[0]}; {_helps(admissible[by_gain[0]], best)}."]
+    chosen = next((m for m in by_gain if trains_cats(group, m)), None)
+    heading = "- Chosen on dev (of the CATS variants)" + (" so far" if too_few_seeds else "")
+    if chosen is None:
+        return lines + [f"{heading}: none."]
+    return lines + [f"{heading}: {chosen}; {_helps(admissible[chosen], best)}."]
+
+
+def trains_cats(group: Group, method: str) -> bool:
+    """Whether ``method``'s runs train with CATS itself (cats.enabled and cats.method cats, the
+    default) rather than plain sampling or a surgery method (PCGrad, MGDA): from a run's config.yaml."""
+    for run_data in group.runs:
+        config_path = run_data.job.run_dir / "config.yaml"
+        if run_data.job.method == method and config_path.is_file():
+            cats = (yaml.safe_load(config_path.read_text()) or {}).get("cats", {})
+            return bool(cats.get("enabled")) and cats.get("method", "cats") == "cats"
+    return False
 
 
 def _helps(low_deltas: list[float], best: str) -> str:
-    """Whether the chosen method's low-resource dev-loss deltas against ``best`` are a gain."""
+    """Whether the chosen variant's low-resource dev-loss deltas against ``best`` are a gain."""
     if _beyond_spread([-d for d in low_deltas]):
         return f"it lowers the low-resource dev loss against {best} beyond the seed spread"
     if _beyond_spread(low_deltas):
-        return (f"no method helps: even this one raises the low-resource dev loss against {best} beyond the "
+        return (f"no CATS variant helps: even this one raises the low-resource dev loss against {best} beyond the "
                 "seed spread")
-    return f"no method helps: this one's low-resource dev loss is within the seed spread of {best}'s"
+    return f"no CATS variant helps: this one's low-resource dev loss is within the seed spread of {best}'s"
 
 
 CURVATURE_MEASURES = {"top_eigenvalue": "top Hessian eigenvalue", "hessian_trace": "Hessian trace (Hutchinson)"}
