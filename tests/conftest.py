@@ -14,6 +14,10 @@ import torch
 from cats_ds.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# Every process a test starts builds and loads DeepSpeed's CPU ops (deepspeed_shm_comm) from one
+# cache in the checkout: built once per clone, and never waiting on the build lock of a training
+# run outside the tests in ~/.cache/torch_extensions.
+os.environ["TORCH_EXTENSIONS_DIR"] = str(REPO / ".torch_extensions")
 
 
 def deepspeed_command(processes: int) -> list[str]:
@@ -31,7 +35,7 @@ def run_deepspeed(args: list[str], processes: int, timeout: int = 600, env: dict
                   check: bool = True) -> subprocess.CompletedProcess:
     """Runs ``deepspeed --num_accelerators N ARGS`` from the repo root; fails the test with its output."""
     environment = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                   "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"), **(env or {})}
+                   **(env or {})}
     result = subprocess.run(deepspeed_command(processes) + args, cwd=REPO, env=environment, text=True,
                             capture_output=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, package_source
+from conftest import package_source
 from corpus_fixture import write_corpus
 from test_train import TRANSFORMERS_ONLY
 
@@ -42,7 +42,7 @@ def venv(tmp_path_factory):
 
 def run(command: list, cwd, stdin: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHON", "VIRTUAL_ENV")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(REPO / ".torch_extensions"))
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

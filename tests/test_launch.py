@@ -116,8 +116,7 @@ class Training:
         config = write_config(tmp_path / "run.yaml", write_corpus(tmp_path / "corpus"), tmp_path / "run",
                               tmp_path / "cache", train={"max_steps": 10_000, "threads": 1, "export": False})
         self.run_dir, self.log = tmp_path / "run", tmp_path / "train.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
-               "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
         with open(self.log, "w") as log:
             self.script = subprocess.Popen(["bash", "launch/train.sh", "-n", "2", str(config)], cwd=REPO, env=env,
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,8 +16,7 @@ from cats_ds import cli, score
 from conftest import CATS_DS, REPO, run_deepspeed
 from corpus_fixture import write_config, write_corpus
 
-ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
-       "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions")}
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 def cats_ds(*args: str) -> subprocess.CompletedProcess:

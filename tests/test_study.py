@@ -459,8 +459,7 @@ def test_report_before_anything_finished(tmp_path, base):
 
 
 @pytest.mark.slow
-def test_mini_study_trains_measures_curvature_and_reports(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+def test_mini_study_trains_measures_curvature_and_reports(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     base = write_config(tmp_path / "base.yaml", corpus, tmp_path / "unused", tmp_path / "cache",
                         train={"max_steps": 3, "export": False, "ds_config": "ds_configs/zero1.json", "threads": 1},

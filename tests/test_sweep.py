@@ -111,9 +111,7 @@ def test_collect_without_runs_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_mini_sweep_runs_skips_finished_jobs_and_collects(tmp_path, monkeypatch):
-    # the jobs run without the launcher: share the suite's build of DeepSpeed's CPU comm op (conftest)
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+def test_mini_sweep_runs_skips_finished_jobs_and_collects(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     base = write_config(tmp_path / "base.yaml", corpus, tmp_path / "unused", tmp_path / "cache",
                         train={"max_steps": 3, "export": False, "ds_config": "ds_configs/zero1.json"},
