@@ -32,11 +32,11 @@ helps the low-resource mean and costs the high-resource one, each beyond the see
 >= 90% distinct outputs); the low- and high-resource dev loss with the same paired deltas, and
 the low-resource share of the update (how far a method moved the mixture, from the logged token
 shares and scales); the method issue 14's rule picks on those dev losses, and whether it helps
-(the default chosen on the dev sets); the top Hessian eigenvalue and Hessian trace per task and method (mean over
-seeds), and the Spearman correlation over runs of their low-resource means with the low-resource
-dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The "reading" lines only
-restate these numbers: a delta is "within seed spread" when its absolute mean is at most the
-standard deviation of the paired deltas. Nothing here is a significance test.
+(the default chosen on the dev sets); the top Hessian eigenvalue and Hessian trace per task and
+method (mean over seeds), and the Spearman correlation over runs of their low-resource means
+with the low-resource dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The
+"reading" lines only restate these numbers: a delta is "within seed spread" when its absolute
+mean is at most the standard deviation of the paired deltas. Nothing here is a significance test.
 """
 
 from __future__ import annotations
