@@ -179,6 +179,7 @@ class RunData:
     record: dict | None                    # the last "run" record of metrics.jsonl (tasks, parameters)
     scales: dict[int, list[float]]         # step -> CATS / surgery scales (last record of each step)
     low_share: float | None                # the low-resource tasks' mean share of the update
+    config: dict                           # the run's config.yaml as the trainer saved it; {} before that
 
     @property
     def status(self) -> str:
@@ -193,8 +194,10 @@ def load_run(job: Job) -> RunData:
     run_record = next((r for r in reversed(records) if r["kind"] == "run"), None)
     steps = {r["step"]: r for r in records if r["kind"] == "train"}     # the last record of each step
     scales = {step: r["cats"]["scales"] for step, r in steps.items() if "cats" in r}
+    config_path = job.run_dir / "config.yaml"
+    config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
     return RunData(job, _json(job.run_dir / "results.json"), _json(job.run_dir / CURVATURE), run_record, scales,
-                   low_update_share(list(steps.values()), run_record or {}))
+                   low_update_share(list(steps.values()), run_record or {}), config)
 
 
 def low_update_share(steps: list[dict], run_record: dict) -> float | None:
@@ -440,9 +443,8 @@ def trains_cats(group: Group, method: str) -> bool:
     """Whether ``method``'s runs train with CATS itself (cats.enabled and cats.method cats, the
     default) rather than plain sampling or a surgery method (PCGrad, MGDA): from a run's config.yaml."""
     for run_data in group.runs:
-        config_path = run_data.job.run_dir / "config.yaml"
-        if run_data.job.method == method and config_path.is_file():
-            cats = (yaml.safe_load(config_path.read_text()) or {}).get("cats", {})
+        if run_data.job.method == method and run_data.config:
+            cats = run_data.config.get("cats", {})
             return bool(cats.get("enabled")) and cats.get("method", "cats") == "cats"
     return False
 
@@ -767,11 +769,9 @@ def limits(spec: StudySpec, runs: list[RunData]) -> list[str]:
 
 
 def _keeps_best(r: RunData) -> bool:
-    path = r.job.run_dir / "config.yaml"
-    if r.results is None or not path.exists():
+    if r.results is None or not r.config:
         return False
-    config = yaml.safe_load(path.read_text())
-    return bool(config.get("eval", {}).get("every_steps")) and bool(config.get("train", {}).get("keep_best", True))
+    return bool(r.config.get("eval", {}).get("every_steps")) and bool(r.config.get("train", {}).get("keep_best", True))
 
 
 def group_section(group: Group, spec: StudySpec, out: Path, plots: list[Path]) -> list[str]:
