@@ -3,6 +3,7 @@ synthetic run directories (numbers checked by hand), spec errors, every shipped 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import yaml
 
 import cats_ds.tools.study as study
 import cats_ds.tools.sweep as sweep
+from cats_ds.config import load_config
 from cats_ds.configio import ConfigError
 from cats_ds.tools.study import load_study, main, measure_curvature, run_study, write_report
 from cats_ds.tools.sweep import REPO, emit, plan_jobs, run_all
@@ -490,6 +492,28 @@ def test_committed_reports_regenerate_from_their_saved_runs(committed, tmp_path)
     regenerated = _without_run_status(write_report(out, "test").read_text().splitlines())
     assert expected[2].startswith("Written ") and regenerated[2].startswith("Written ")
     assert regenerated[:2] + regenerated[3:] == expected[:2] + expected[3:]
+
+
+@pytest.mark.parametrize("committed", COMMITTED_STUDIES, ids=lambda path: str(path.relative_to(REPO)))
+def test_committed_runs_are_what_their_spec_trains_today(committed):
+    """Every finished committed run's saved config is what its study's spec and the shipped base
+    config resolve to now (each key the run saved; run_dir, and the CATS keys of a run without
+    CATS, aside): a change of a shipped default must not silently change what a committed
+    study's command reproduces."""
+    named = REPO / json.loads((committed / "study.json").read_text())["spec"]
+    spec_path = named if named.exists() else committed / "study.yaml"     # a spec no longer shipped
+    for job in plan_jobs(load_study(spec_path), spec_path, committed):
+        if not (job.run_dir / "results.json").exists():
+            continue
+        today = dataclasses.asdict(load_config(Path(job.config), job.overrides))
+        saved = yaml.safe_load((job.run_dir / "config.yaml").read_text())
+        if not saved["cats"]["enabled"] and not today["cats"]["enabled"]:
+            del saved["cats"]                 # a baseline without CATS: its CATS keys are never read
+        changed = {f"{section}.{key}": (value, today[section][key])
+                   for section, values in saved.items() if isinstance(values, dict) and section in today
+                   for key, value in values.items()
+                   if key in today[section] and key != "run_dir" and today[section][key] != value}
+        assert not changed, f"{job.name}: saved -> today {changed}"
 
 
 def _without_run_status(lines: list[str]) -> list[str]:
