@@ -41,7 +41,7 @@ def test_each_variant_sets_its_keys_and_its_scaler_takes_steps(name):
 
 
 def test_keys_set_where_the_variant_is_named_or_later_win(tmp_path):
-    shipped = CONFIG_DIR / "bible8_cpu.yaml"          # sets objective, interval 10 and alpha_min 0.05
+    shipped = CONFIG_DIR / "bible8_cpu.yaml"          # names weighted_loss, sets interval 10 and alpha_min 0.05
     named_by_override = load_config(shipped, ["cats.variant=reimpl_weighted_mean", "cats.interval=7"]).cats
     assert named_by_override.objective == "weighted_loss" and named_by_override.parameterization == "weights"
     assert named_by_override.interval == 7 and named_by_override.warmup_steps == 1000   # override, then variant
