@@ -15,10 +15,13 @@ from conftest import run_deepspeed
 @pytest.mark.slow
 def test_zero2_one_rank_buffers_match_the_size_formula(tmp_path):
     out = tmp_path / "bench.json"
-    # cats.interval=1: the first step already runs the dev meta pass, so the meta buffer exists
+    # lookahead, the variant with a dev meta gradient, and cats.interval=1: the first step already
+    # runs the dev meta pass, so the meta buffer exists and the formula's N + 1 buffers are all there
     result = run_deepspeed(["--module", "cats_ds.tools.bench", "--stage", "2", "--steps", "2", "--warmup", "1",
-                            "--json", str(out), "model.preset=tiny", "cats.interval=1"], processes=1, timeout=300)
+                            "--json", str(out), "model.preset=tiny", "cats.variant=lookahead", "cats.interval=1"],
+                           processes=1, timeout=300)
     [report] = json.loads(out.read_text())
+    assert report["meta_buffer"]
     params = estimate_parameters(ModelConfig(preset="tiny"), 4000)      # bible8_cpu.yaml's vocabulary
     assert report["parameters"] == params
     # DeepSpeed pads the flat partition to an alignment boundary
