@@ -497,9 +497,9 @@ def test_committed_reports_regenerate_from_their_saved_runs(committed, tmp_path)
 @pytest.mark.parametrize("committed", COMMITTED_STUDIES, ids=lambda path: str(path.relative_to(REPO)))
 def test_committed_runs_are_what_their_spec_trains_today(committed):
     """Every finished committed run's saved config is what its study's spec and the shipped base
-    config resolve to now (each key the run saved; run_dir, cats.variant, a name for keys compared
-    one by one, and the CATS keys of a run without CATS aside): a change of a shipped default must not silently change what a committed
-    study's command reproduces."""
+    config resolve to now, key by key (run_dir aside; cats.variant aside, a name for keys compared
+    one by one; the CATS keys of a run without CATS aside): a change of a shipped default must not
+    silently change what a committed study's command reproduces."""
     named = REPO / json.loads((committed / "study.json").read_text())["spec"]
     spec_path = named if named.exists() else committed / "study.yaml"     # a spec no longer shipped
     for job in plan_jobs(load_study(spec_path), spec_path, committed):
