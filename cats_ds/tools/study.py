@@ -31,7 +31,7 @@ baselines show the trade-off CATS is meant to resolve (against the lowest temper
 helps the low-resource mean and costs the high-resource one, each beyond the seed spread, with
 >= 90% distinct outputs); the low- and high-resource dev loss with the same paired deltas, and
 the low-resource share of the update (how far a method moved the mixture, from the logged token
-shares and scales); the method issue 14's rule picks on those dev losses, and whether it helps
+shares and scales); the CATS variant issue 14's rule picks on those dev losses, and whether it helps
 (the default chosen on the dev sets); the top Hessian eigenvalue and Hessian trace per task and
 method (mean over seeds), and the Spearman correlation over runs of their low-resource means
 with the low-resource dev loss and BLEU; and plots/{group}_{bleu,scales,curvature}.png. The
