@@ -84,10 +84,10 @@ def export_main(argv: list[str] | None = None) -> None:
     if source.export:
         parser.error(f"{args.target}: already an export")
     from cats_ds.config import load_config
-    from cats_ds.data import pipeline
     from cats_ds.export import decoding_limit, save_export
     config = load_config(source.run_config)
-    data = pipeline.prepare(config.data)
+    data = trained.load_data(config)
     model = trained.load_model(source, config, data.tokenizer)
-    save_export(model, data.tokenizer_path, args.out, config.eval.beam, decoding_limit(config))
+    save_export(model, data.tokenizer, args.out, config.eval.beam, decoding_limit(config),
+                [direction.tgt for direction in data.test])
     print(f"exported {source.checkpoint} to {args.out}")

@@ -25,7 +25,7 @@ from cats_ds.cats.variants import with_variant
 from cats_ds.configio import ConfigError, apply_overrides, from_dict, keys_help, load_yaml
 from cats_ds.data.pipeline import DataConfig, planned_tasks
 from cats_ds.evaluate import METRICS, EvalConfig
-from cats_ds.model import ModelConfig
+from cats_ds.model import ARCHITECTURE_KEYS, ModelConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -209,6 +209,20 @@ def _with_cats_variant(written: dict[str, Any], overrides: list[str], data: dict
         raise ConfigError(str(err)) from None
 
 
+def _check_pretrained(data: dict[str, Any]) -> None:
+    """model.pretrained decides the architecture: preset and dimension keys beside it, other than
+    their defaults (which a saved config.yaml repeats), are refused."""
+    model = data.get("model")
+    if not (isinstance(model, dict) and model.get("pretrained")):
+        return
+    defaults = ModelConfig()
+    given = [key for key in ARCHITECTURE_KEYS if key in model and model[key] != getattr(defaults, key)]
+    if given:
+        raise ConfigError(f"model.pretrained={model['pretrained']} is set together with "
+                          f"{', '.join(f'model.{key}' for key in given)}: the pretrained checkpoint's config.json "
+                          f"decides its architecture and dropout; remove them")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Reads a run config file (or the defaults when ``path`` is None), applies overrides, fills in
     cats.variant's keys (cats_ds/cats/variants.py), checks every numeric key's range and the
@@ -216,6 +230,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     written = load_yaml(Path(path)) if path else {}
     data = apply_overrides(RunConfig, written, list(overrides))
     try:
+        _check_pretrained(data)
         config = from_dict(RunConfig, _with_cats_variant(written, list(overrides), data))
         check_ranges(config)
         check_consistency(config)

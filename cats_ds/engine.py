@@ -18,15 +18,22 @@ from cats_ds import packaged
 from cats_ds.config import RunConfig
 
 
-def build_engine(config: RunConfig, model: torch.nn.Module, load_universal: bool = False):
-    """deepspeed.initialize with the run's DeepSpeed JSON, our AdamW and inverse-sqrt schedule;
-    ``load_universal`` when the checkpoint to resume from is a universal one (new world size)."""
-    ds_config = load_ds_config(packaged.ds_config(config.train.ds_config), config)
+def run_ds_config(config: RunConfig) -> dict:
+    """The run's DeepSpeed JSON (train.ds_config) with what the trainer sets itself."""
+    return load_ds_config(packaged.ds_config(config.train.ds_config), config)
+
+
+def build_engine(config: RunConfig, model: torch.nn.Module, ds_config: dict | None = None,
+                 load_universal: bool = False):
+    """deepspeed.initialize with the run's DeepSpeed JSON (``ds_config``: run_ds_config's), our AdamW
+    and inverse-sqrt schedule; ``load_universal`` when the checkpoint to resume from is a universal
+    one (new world size)."""
+    ds_config = dict(ds_config or run_ds_config(config))
     if load_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     # DeepSpeed casts parameters but not buffers (M2M100's sinusoidal position table), and CPU
     # kernels refuse mixed dtypes: cast the whole module first
-    model = model.to(_model_dtype(ds_config))
+    model = model.to(model_dtype(ds_config))
     optim = config.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                   weight_decay=optim.weight_decay)
@@ -44,7 +51,8 @@ def build_engine(config: RunConfig, model: torch.nn.Module, load_universal: bool
     return engine
 
 
-def _model_dtype(ds_config: dict) -> torch.dtype:
+def model_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype of the model's weights the DeepSpeed JSON asks for (bf16, fp16 or fp32)."""
     if ds_config.get("bf16", {}).get("enabled"):
         return torch.bfloat16
     if ds_config.get("fp16", {}).get("enabled"):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cats_ds import distributed, placement
 from cats_ds.data.corpus import Bitext, Direction
 from cats_ds.data.tasks import TaskData, collate
-from cats_ds.data.tokenizer import Tokenizer
+from cats_ds.families import TranslationTokenizer
 from cats_ds.loss import token_loss
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ def dev_losses(model, tasks: list[TaskData], config: EvalConfig, pad_id: int, de
 
 
 @torch.no_grad()
-def translate(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str, config: EvalConfig,
+def translate(module, tokenizer: TranslationTokenizer, sources: list[str], direction: Direction, config: EvalConfig,
               synced: bool, desc: str = "") -> list[str]:
-    """Translates ``sources`` into ``tgt_lang`` with all ranks together; every rank gets all outputs."""
+    """Translates ``sources`` along ``direction`` with all ranks together; every rank gets all outputs."""
     rank, world = distributed.rank(), distributed.world_size()
     per_rank = -(-len(sources) // world)
     mine = sources[rank::world]
@@ -90,17 +90,18 @@ def translate(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str, c
     outputs: list[str] = []
     batches = range(0, len(padded), config.batch_sentences)
     for start in tqdm(batches, desc=desc, disable=rank != 0 or not desc, leave=False):
-        outputs.extend(decode_batch(module, tokenizer, padded[start:start + config.batch_sentences], tgt_lang,
-                                    config.beam, config.max_len_ratio, synced))
+        outputs.extend(decode_batch(module, tokenizer, padded[start:start + config.batch_sentences], direction.src,
+                                    direction.tgt, config.beam, config.max_len_ratio, synced))
     gathered = distributed.all_gather_objects(outputs[:len(mine)])
     return [gathered[i % world][i // world] for i in range(len(sources))]
 
 
 @torch.no_grad()
-def decode_batch(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str, beam: int,
-                 max_len_ratio: float, synced: bool = False) -> list[str]:
-    """One padded batch through ``generate`` (greedy when beam is 1)."""
-    rows = tokenizer.encode_source_batch(sources, tgt_lang)
+def decode_batch(module, tokenizer: TranslationTokenizer, sources: list[str], src_lang: str, tgt_lang: str,
+                 beam: int, max_len_ratio: float, synced: bool = False) -> list[str]:
+    """One padded batch through ``generate`` (greedy when beam is 1), the target language's code
+    forced as the first token where the model family wants it (NLLB, M2M100, mBART-50)."""
+    rows = tokenizer.encode_source_batch(sources, src_lang, tgt_lang)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -108,9 +109,9 @@ def decode_batch(module, tokenizer: Tokenizer, sources: list[str], tgt_lang: str
     batch = placement.to_device({"input_ids": input_ids, "attention_mask": input_ids.ne(tokenizer.pad_id).long()},
                                 module.device)
     generated = module.generate(**batch, num_beams=beam, max_new_tokens=int(max_len_ratio * width) + 10,
-                                synced_gpus=synced, do_sample=False)
-    # encoder-decoder outputs start with the decoder start token, which is eos for M2M100
-    return [tokenizer.decode(row[1:].tolist()) for row in generated]
+                                synced_gpus=synced, do_sample=False,
+                                forced_bos_token_id=tokenizer.forced_bos_id(tgt_lang))
+    return tokenizer.decode_generated(generated.tolist())
 
 
 def bleu_tokenizer(lang: str, choice: str) -> str:
@@ -157,14 +158,14 @@ class Decoded:
     references: list[str]
 
 
-def evaluate_bleu(module, tokenizer: Tokenizer, bitexts: dict[Direction, Bitext], config: EvalConfig,
+def evaluate_bleu(module, tokenizer: TranslationTokenizer, bitexts: dict[Direction, Bitext], config: EvalConfig,
                   synced: bool, limit: int) -> tuple[dict[str, dict], dict[str, Decoded]]:
     """Scores the first ``limit`` sentences (0: all) of every direction; returns per-direction
     scores and what was decoded."""
     scores, decoded = {}, {}
     for direction, bitext in sorted(bitexts.items()):
         count = len(bitext.src) if limit == 0 else min(limit, len(bitext.src))
-        outputs = translate(module, tokenizer, bitext.src[:count], direction.tgt, config, synced,
+        outputs = translate(module, tokenizer, bitext.src[:count], direction, config, synced,
                             desc=f"decode {direction.name}")
         scores[direction.name] = score(outputs, bitext.tgt[:count], direction.tgt, config.bleu_tokenizer)
         decoded[direction.name] = Decoded(outputs, bitext.tgt[:count])

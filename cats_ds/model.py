@@ -1,6 +1,7 @@
-"""The translation model: a transformers M2M100 encoder-decoder built from a config, never downloaded.
+"""The translation model: cats-ds's own M2M100 built from a size preset, or a pretrained checkpoint.
 
-M2M100 is pre-LN (a layer norm before each sublayer, one after each stack), which trains
+Without ``model.pretrained`` the model is a transformers M2M100 encoder-decoder built from a
+preset, never downloaded. M2M100 is pre-LN (a layer norm before each sublayer, one after each stack), which trains
 stably at the high learning rates small CPU runs need. The target language is a tag token
 at the start of the source (see cats_ds.data.tokenizer), so one model serves many-to-one,
 one-to-many and many-to-many without forced BOS tokens.
@@ -8,10 +9,12 @@ one-to-many and many-to-many without forced BOS tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+from cats_ds import pretrained
 
 # name -> (d_model, encoder layers, decoder layers, heads, ffn dim)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
@@ -28,10 +31,23 @@ PRESETS: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
+# set together with model.pretrained these are an error: the checkpoint's config.json decides them
+ARCHITECTURE_KEYS = ("preset", "d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim",
+                     "dropout", "attention_dropout")
+
+
 @dataclass
 class ModelConfig:
-    """A model preset plus optional per-field overrides (0 or -1 keeps the preset's value)."""
+    """A model preset plus optional per-field overrides (0 or -1 keeps the preset's value), or a
+    pretrained checkpoint (cats_ds/pretrained.py, cats_ds/families)."""
 
+    # a hub id (facebook/nllb-200-distilled-600M) or a local directory (a cats-ds export too) to
+    # fine-tune; "": build the preset below from scratch
+    pretrained: str = ""
+    revision: str = ""                      # a hub id's revision (branch, tag or commit); "": main
+    # corpus language -> the pretrained model's code (fr: fra_Latn); the family's built-in map otherwise
+    languages: dict[str, str] = field(default_factory=dict)
+    source_prefix: str = ""                 # text before every source ({src}, {tgt}: language names), e.g. for mT5
     preset: str = "cpu"                     # size preset: tiny, cpu, base, big, ... (python -m cats_ds.tools.sizes)
     d_model: int = 0                        # hidden size; 0 or -1: the preset's
     encoder_layers: int = 0                 # 0 or -1: the preset's
@@ -88,6 +104,39 @@ def build_model(hf_config: M2M100Config, seed: int,
     return model
 
 
+def load_pretrained_config(config: ModelConfig, max_len: int):
+    """model.pretrained's transformers config, or None without one; refuses a data.max_len longer
+    than the checkpoint's positions."""
+    if not config.pretrained:
+        return None
+    hf_config = pretrained.load_config(config.pretrained, config.revision)
+    positions = getattr(hf_config, "max_position_embeddings", None)   # T5's relative positions have no limit
+    if positions is not None and max_len + 2 > positions:
+        raise ValueError(f"data.max_len={max_len}: {config.pretrained} has {positions} positions; set "
+                         f"data.max_len <= {positions - 2}")
+    return hf_config
+
+
+def load_pretrained_tokenizer(config: ModelConfig, hf_config):
+    """model.pretrained's tokenizer in its family, with model.languages and model.source_prefix."""
+    return pretrained.load_tokenizer(config.pretrained, hf_config, config.revision, config.languages,
+                                     config.source_prefix)
+
+
+def make_model(config: ModelConfig, pretrained_config, tokenizer, max_len: int, seed: int,
+               ds_config: dict, dtype: torch.dtype) -> torch.nn.Module:
+    """The run's model: model.pretrained's weights (``pretrained_config`` its config; partitioned
+    from the start under ZeRO-3), else a preset built from the seed."""
+    if pretrained_config is not None:
+        model = pretrained.load_model(config.pretrained, pretrained_config, config.revision, ds_config, dtype)
+        if config.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+    hf_config = build_hf_config(config, tokenizer.vocab_size, max_len + 2, tokenizer.pad_id, tokenizer.bos_id,
+                                tokenizer.eos_id)
+    return build_model(hf_config, seed, config.activation_checkpointing)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -104,6 +153,8 @@ def estimate_parameters(config: ModelConfig, vocab_size: int) -> int:
     return embeddings + enc * encoder_layer + dec * decoder_layer + 4 * d
 
 
-def describe(config: ModelConfig) -> str:
+def describe(config: ModelConfig, hf_config=None) -> str:
+    if config.pretrained:
+        return f"pretrained {config.pretrained} ({hf_config.model_type if hf_config else 'not loaded'})"
     d, enc, dec, heads, ffn = config.dimensions()
     return f"M2M100 pre-LN d_model={d} layers={enc}+{dec} heads={heads} ffn={ffn} dropout={config.dropout}"

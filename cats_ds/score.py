@@ -21,10 +21,7 @@ from pathlib import Path
 
 from cats_ds import distributed, placement, trained
 from cats_ds.config import load_config
-from cats_ds.data import pipeline
-from cats_ds.data.tokenizer import Tokenizer
 from cats_ds.evaluate import evaluate_bleu
-from cats_ds.export import TOKENIZER_FILE
 from cats_ds.results import bleu_summary, write_results
 
 
@@ -68,8 +65,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Decodes and scores the split; prints the table and writes the results files."""
     source: trained.Source = args.source
     config = load_config(source.run_config)
-    data = pipeline.prepare(config.data)
-    tokenizer = Tokenizer.load(source.export / TOKENIZER_FILE) if source.export else data.tokenizer
+    data = trained.load_data(config)
+    tokenizer = trained.export_tokenizer(source, config) if source.export else data.tokenizer
     model = trained.load_model(source, config, tokenizer).to(placement.device())
     eval_config = dataclasses.replace(config.eval, beam=args.beam or config.eval.beam)
     limit = config.eval.test_sentences if args.sentences is None else args.sentences

@@ -36,12 +36,12 @@ from cats_ds.config import RunConfig, from_command_line
 from cats_ds.data import pipeline
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
-from cats_ds.engine import build_engine
+from cats_ds.engine import build_engine, model_dtype, run_ds_config
 from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu
 from cats_ds.export import decoding_limit, export_model
 from cats_ds.loss import plan_tokens, token_loss
 from cats_ds.metrics import MetricsWriter
-from cats_ds.model import build_hf_config, build_model, count_parameters, describe
+from cats_ds.model import count_parameters, describe, load_pretrained_config, load_pretrained_tokenizer, make_model
 from cats_ds.nonfinite import NonFiniteGuard
 from cats_ds.results import bleu_summary, write_results
 from cats_ds.stopping import Stopping
@@ -60,7 +60,7 @@ class Run:
     sampler: LanguageSyncSampler
     cats: CATSHook | None                        # everything CATS adds to a step; None: plain training
     pad_id: int
-    eos_id: int
+    decoder_start_id: int                        # the model config's decoder_start_token_id
     step: int = 0
     best: dict = field(default_factory=dict)     # {"metric": value, "step": n, "stale_evals": k}
     nonfinite: NonFiniteGuard = field(init=False)  # takes or skips each optimizer step
@@ -95,7 +95,7 @@ def train_step(run: Run) -> dict:
             last_micro = k == len(window.micro_batches) - 1
             engine.set_gradient_accumulation_boundary(last_micro and (cats is not None or last_window))
             loss = token_loss(engine, placement.to_device(collate(task, micro, run.pad_id)),
-                              config.optim.label_smoothing, run.pad_id, run.eos_id)
+                              config.optim.label_smoothing, run.pad_id, run.decoder_start_id)
             # DeepSpeed averages over ranks; scaling by world makes the result a sum over the global batch
             engine.backward(loss.smoothed_sum * (world / target_total))
             sums[window.task] += loss.nll_sum
@@ -126,11 +126,12 @@ def _grad_norm(engine, applied: bool) -> float:
 # set-up
 
 
-def prepare_data(config: RunConfig) -> pipeline.PreparedData:
-    """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache."""
+def prepare_data(config: RunConfig, pretrained_tokenizer=None) -> pipeline.PreparedData:
+    """Local rank 0 prepares (downloads, cleans, tokenizes, caches); the others then read the cache.
+    pretrained_tokenizer: a pretrained model's (cats_ds/families), used instead of training one."""
     if distributed.local_rank() != 0:
         distributed.barrier()
-    data = pipeline.prepare(config.data, threads=torch.get_num_threads())
+    data = pipeline.prepare(config.data, threads=torch.get_num_threads(), pretrained=pretrained_tokenizer)
     if distributed.local_rank() == 0:
         distributed.barrier()
     return data
@@ -164,7 +165,7 @@ def evaluate_dev(run: Run, data: pipeline.PreparedData) -> dict:
 
 def _evaluate_dev(run: Run, data: pipeline.PreparedData) -> dict:
     config = run.config.eval
-    losses = dev_losses(run.engine, run.valid_tasks, config, run.pad_id, run.eos_id)
+    losses = dev_losses(run.engine, run.valid_tasks, config, run.pad_id, run.decoder_start_id)
     low = [i for i, name in enumerate(data.task_names) if name in data.low_resource]
     record = {"dev_loss": float(losses.mean()), "task_dev_loss": losses.tolist()}
     if low:
@@ -228,17 +229,18 @@ def train(config: RunConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
-    data = prepare_data(config)
+    pretrained_config = load_pretrained_config(config.model, config.data.max_len)
+    data = prepare_data(config, pretrained_config and load_pretrained_tokenizer(config.model, pretrained_config))
     tokenizer = data.tokenizer
-    hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
-                                tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
-    model = build_model(hf_config, config.train.seed, config.model.activation_checkpointing)
-    log.info("model: %s, %s parameters; %d tasks: %s; world size %d", describe(config.model),
+    ds_config = run_ds_config(config)
+    model = make_model(config.model, pretrained_config, tokenizer, config.data.max_len, config.train.seed,
+                       ds_config, model_dtype(ds_config))
+    log.info("model: %s, %s parameters; %d tasks: %s; world size %d", describe(config.model, model.config),
              f"{count_parameters(model):,}", len(data.task_names), ", ".join(data.task_names),
              distributed.world_size())
     checkpoints = run_dir / "checkpoints"
     resume = checkpoint.choose_resume(checkpoints)
-    engine = build_engine(config, model, load_universal=bool(resume and resume.universal))
+    engine = build_engine(config, model, ds_config, load_universal=bool(resume and resume.universal))
     probs = temperature_probs([len(t) for t in data.train], config.sampling.temperature)
     log.info("sampling T=%g: %s", config.sampling.temperature,
              ", ".join(f"{n} {p:.3f}" for n, p in zip(data.task_names, probs)))
@@ -246,8 +248,9 @@ def train(config: RunConfig) -> dict:
                                   config.sampling.max_tokens_per_micro, seed=config.train.seed,
                                   rank=rank, world_size=distributed.world_size(),
                                   sort_block=config.sampling.sort_block, task_names=data.task_names)
-    cats = CATSHook.build(config, engine, data.valid, tokenizer.pad_id, tokenizer.eos_id, probs)
-    run = Run(config, engine, data.train, data.valid, sampler, cats, tokenizer.pad_id, tokenizer.eos_id)
+    decoder_start_id = model.config.decoder_start_token_id
+    cats = CATSHook.build(config, engine, data.valid, tokenizer.pad_id, decoder_start_id, probs)
+    run = Run(config, engine, data.train, data.valid, sampler, cats, tokenizer.pad_id, decoder_start_id)
     if run.cats:
         log.info("CATS on: %s", config.cats)
 
@@ -336,7 +339,8 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
     if distributed.rank() == 0:
         print("\n" + write_results(run_dir, results, hypotheses, low_dirs), flush=True)
     if config.train.export:
-        export_model(run.engine, data.tokenizer_path, run_dir / "export", config.eval.beam, decoding_limit(config))
+        export_model(run.engine, data.tokenizer, run_dir / "export", config.eval.beam, decoding_limit(config),
+                     [direction.tgt for direction in data.test])
     return results
 
 

@@ -3,10 +3,11 @@
     RUN_DIR                          the checkpoint its results.json names, else ``best``, else ``latest``
     RUN_DIR/checkpoints/stepNNNNNNNN one checkpoint, verified against its manifest first; DeepSpeed's
                                      zero_to_fp32 merges the ZeRO 1, 2 or 3 partitions into one fp32 model
-    EXPORT_DIR                       an export (config.json + spm.model), loaded with transformers alone
+    EXPORT_DIR                       an export (config.json + tokenizer files), loaded with transformers alone
 
 The run's ``config.yaml`` (the run directory's; for an export, the directory above it, as in
-RUN_DIR/export) gives the model dimensions and the data, unless another is named.
+RUN_DIR/export) gives the model (its preset, or the pretrained checkpoint it fine-tuned) and the
+data, unless another is named.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from cats_ds import checkpoint
+from cats_ds import checkpoint, pretrained
 from cats_ds.config import RunConfig
-from cats_ds.data.tokenizer import Tokenizer
-from cats_ds.export import TOKENIZER_FILE
-from cats_ds.model import build_hf_config, build_model
+from cats_ds.data import pipeline
+from cats_ds.families import TranslationTokenizer
+from cats_ds.model import (build_hf_config, build_model, load_pretrained_config, load_pretrained_tokenizer)
 
 RUN_CONFIG = "config.yaml"
 
@@ -56,14 +57,14 @@ def locate(target: Path, run_config: Path | None = None) -> Source:
     directory and what it lacks."""
     if not target.is_dir():
         raise FileNotFoundError(f"{target}: no such directory (a run directory, a checkpoint or an export)")
-    if (target / "config.json").is_file() and (target / TOKENIZER_FILE).is_file():
+    if (target / "config.json").is_file() and any((target / name).is_file() for name in pretrained.TOKENIZER_FILES):
         return Source(_run_config(run_config or target.parent / RUN_CONFIG), export=target)
     if (target / checkpoint.MANIFEST).is_file():
         return _verified(target, run_config or target.parent.parent / RUN_CONFIG)
     if (target / RUN_CONFIG).is_file():
         return _verified(_chosen_checkpoint(target), run_config or target / RUN_CONFIG)
     raise ValueError(f"{target}: neither a run directory ({RUN_CONFIG}), a checkpoint ({checkpoint.MANIFEST}) "
-                     f"nor an export (config.json and {TOKENIZER_FILE})")
+                     f"nor an export (config.json and tokenizer files)")
 
 
 def _verified(step_checkpoint: Path, run_config: Path) -> Source:
@@ -97,7 +98,22 @@ def _chosen_checkpoint(run_dir: Path) -> Path:
                             f"{checkpoint.BEST} or {checkpoint.LATEST})")
 
 
-def load_model(source: Source, config: RunConfig, tokenizer: Tokenizer, attention: str | None = None
+def load_data(config: RunConfig) -> pipeline.PreparedData:
+    """The run's prepared data (from the cache), tokenized as it trained: with the pretrained
+    checkpoint's tokenizer where it fine-tuned one."""
+    pretrained_config = load_pretrained_config(config.model, config.data.max_len)
+    tokenizer = pretrained_config and load_pretrained_tokenizer(config.model, pretrained_config)
+    return pipeline.prepare(config.data, pretrained=tokenizer)
+
+
+def export_tokenizer(source: Source, config: RunConfig) -> TranslationTokenizer:
+    """An export's own tokenizer files, in their family, with the run's language map."""
+    hf_config = pretrained.load_config(str(source.export))
+    return pretrained.load_tokenizer(str(source.export), hf_config, languages=config.model.languages,
+                                     source_prefix=config.model.source_prefix)
+
+
+def load_model(source: Source, config: RunConfig, tokenizer: TranslationTokenizer, attention: str | None = None
                ) -> torch.nn.Module:
     """The model in evaluation mode, in fp32 (a checkpoint) or as exported; ``attention`` overrides
     transformers' attention implementation of a checkpoint's model (e.g. ``eager``)."""
@@ -105,11 +121,16 @@ def load_model(source: Source, config: RunConfig, tokenizer: Tokenizer, attentio
         from transformers import AutoModelForSeq2SeqLM
         return AutoModelForSeq2SeqLM.from_pretrained(source.export).eval()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
-                                tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+    from transformers import AutoModelForSeq2SeqLM
+    if config.model.pretrained:   # the pretrained architecture, its weights from the checkpoint below
+        hf_config = load_pretrained_config(config.model, config.data.max_len)
+    else:
+        hf_config = build_hf_config(config.model, tokenizer.vocab_size, config.data.max_len + 2,
+                                    tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
     if attention:
         hf_config._attn_implementation = attention
-    model = build_model(hf_config, config.train.seed)
+    model = AutoModelForSeq2SeqLM.from_config(hf_config) if config.model.pretrained else \
+        build_model(hf_config, config.train.seed)
     state = get_fp32_state_dict_from_zero_checkpoint(str(source.checkpoint.parent), tag=source.checkpoint.name)
     model.load_state_dict(state)
     return model.eval()

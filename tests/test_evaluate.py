@@ -56,29 +56,36 @@ def test_source_use_check_flags_boilerplate():
 
 
 class _StubTokenizer:
+    """A family (cats_ds/families) that records what it was asked."""
+
     pad_id, eos_id = 1, 2
 
-    def encode_source_batch(self, texts, tgt_lang):
+    def encode_source_batch(self, texts, src_lang, tgt_lang):
+        self.languages = (src_lang, tgt_lang)
         return [[5, 6, 2] for _ in texts]
 
-    def decode(self, ids):
-        return " ".join(map(str, ids[:ids.index(2)] if 2 in ids else ids))
+    def forced_bos_id(self, tgt_lang):
+        return {"fr": 9}.get(tgt_lang)
+
+    def decode_generated(self, rows):
+        return [" ".join(map(str, row)) for row in rows]
 
 
 class _StubModel:
-    """generate() as transformers returns it for encoder-decoders: the decoder start token first."""
-
     device = "cpu"
 
     def generate(self, input_ids, **kwargs):
         import torch
+        self.kwargs = kwargs
         return torch.tensor([[2, 10, 11, 2, 1]] * input_ids.shape[0])
 
 
-def test_decode_batch_drops_the_decoder_start_token():
-    # M2M100 starts decoding from eos: decoding that token would end every output at once
+def test_decode_batch_hands_the_direction_to_the_family_and_forces_its_first_token():
     from cats_ds.evaluate import decode_batch
-    assert decode_batch(_StubModel(), _StubTokenizer(), ["a", "b"], "en", beam=1, max_len_ratio=1.5) == ["10 11"] * 2
+    model, tokenizer = _StubModel(), _StubTokenizer()
+    outputs = decode_batch(model, tokenizer, ["a", "b"], "en", "fr", beam=1, max_len_ratio=1.5)
+    assert outputs == ["2 10 11 2 1"] * 2    # the family's decoding, rows whole
+    assert tokenizer.languages == ("en", "fr") and model.kwargs["forced_bos_token_id"] == 9
 
 
 @pytest.mark.slow

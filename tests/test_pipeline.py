@@ -62,8 +62,8 @@ def _kept_share(data, corpus, max_len: int) -> dict[str, float]:
     """Each direction's share of train pairs whose tokenized source and target fit max_len, counted here."""
     shares = {}
     for direction, bitext in read_split(corpus, "train").items():
-        sources = data.tokenizer.encode_source_batch(bitext.src, direction.tgt)
-        targets = data.tokenizer.encode_target_batch(bitext.tgt)
+        sources = data.tokenizer.encode_source_batch(bitext.src, direction.src, direction.tgt)
+        targets = data.tokenizer.encode_target_batch(bitext.tgt, direction.tgt)
         shares[direction.name] = np.mean([max(len(s), len(t)) <= max_len for s, t in zip(sources, targets)])
     return shares
 

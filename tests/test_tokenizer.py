@@ -53,8 +53,17 @@ def test_encode_source_and_target_layout(tokenizer):
     assert target[-1] == EOS_ID and tokenizer.tag_id("en") not in target
     assert source[1:] == tokenizer.encode_target("la maison est petite")  # the tag is one id, nothing else changes
     assert UNK_ID not in source + target
-    assert tokenizer.encode_source_batch(["a b", "the house"], "ru") == [
+    assert tokenizer.encode_source_batch(["a b", "the house"], "en", "ru") == [
         tokenizer.encode_source("a b", "ru"), tokenizer.encode_source("the house", "ru")]
+    assert tokenizer.encode_target_batch(["the house"], "en") == [tokenizer.encode_target("the house")]
+    assert tokenizer.forced_bos_id("en") is None   # the family "cats": the source's tag names the target
+
+
+def test_generated_rows_decode_without_the_decoder_start_token(tokenizer):
+    """generate's rows start with the decoder start token, eos for this model: decoding it would
+    end every output at once."""
+    target = tokenizer.encode_target("the house is small")
+    assert tokenizer.decode_generated([[EOS_ID, *target, 1, 1]]) == ["the house is small"]
 
 
 @pytest.mark.parametrize("text", ["the house is small", "дом маленький и сад", "la rivière chaque matin",

@@ -1,6 +1,6 @@
 """CATS in the training loop: one component, called at three points of an optimizer step.
 
-    cats = CATSHook.build(config, engine, valid_tasks, pad_id, eos_id)   # None when cats.enabled is false
+    cats = CATSHook.build(config, engine, valid_tasks, pad_id, decoder_start_id)   # None when cats.enabled is false
     cats.begin_step()                 # before the first micro-step: the dev meta pass, when an update is due
     cats.begin_window()               # before each task's window of micro-steps
     cats.end_window(task)             # after it: the task's reduced gradient moves into its buffer
@@ -43,14 +43,14 @@ class CATSHook:
     dev_sampler: LanguageSyncSampler | None     # dev batches for meta losses / the meta gradient
     valid_tasks: list[TaskData]
     pad_id: int
-    eos_id: int
+    decoder_start_id: int                # the model config's decoder_start_token_id
     scales: torch.Tensor                         # float64 [N], applied this step
     parameters: PartitionParameters | None = None   # moved by the curvature term (second_order)
     meta: dict | None = None                     # this step's dev meta pass, if one ran
     curvature_s: float = float("nan")            # seconds the last M took (its cost per update, logged)
 
     @classmethod
-    def build(cls, config, engine, valid_tasks: list[TaskData], pad_id: int, eos_id: int,
+    def build(cls, config, engine, valid_tasks: list[TaskData], pad_id: int, decoder_start_id: int,
               sampling_probs: np.ndarray) -> CATSHook | None:
         """The hook for a run config (cats_ds.config.RunConfig); None when CATS is off. Weights
         (``cats.parameterization: weights`` or ``softmax``) start at the sampling distribution."""
@@ -75,7 +75,7 @@ class CATSHook:
                                               task_names=[t.name for t in valid_tasks])
         second_order = config.cats.method == "cats" and config.cats.objective == "second_order"
         parameters = PartitionParameters(engine) if second_order else None
-        return cls(engine, scaler, buffers, dev_sampler, valid_tasks, pad_id, eos_id,
+        return cls(engine, scaler, buffers, dev_sampler, valid_tasks, pad_id, decoder_start_id,
                    torch.ones(num_tasks, dtype=torch.float64), parameters)
 
     # ------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class CATSHook:
                 for k, micro in enumerate(window.micro_batches):
                     last = index == len(plan) - 1 and k == len(window.micro_batches) - 1
                     loss = token_loss(engine, placement.to_device(collate(task, micro, self.pad_id)), 0.0,
-                                      self.pad_id, self.eos_id)
+                                      self.pad_id, self.decoder_start_id)
                     if need_gradient:
                         engine.set_gradient_accumulation_boundary(last)
                         engine.backward(loss.smoothed_sum * (world / float(tokens[window.task])))

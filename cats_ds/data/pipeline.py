@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,7 @@ from cats_ds.data.tasks import (
     save_tasks,
 )
 from cats_ds.data.tokenizer import DEFAULT_THREADS, Tokenizer, TokenizerError, train_or_load
+from cats_ds.families import TranslationTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,7 @@ class DataConfig:
 
 @dataclass
 class PreparedData:
-    tokenizer: Tokenizer
-    tokenizer_path: Path
+    tokenizer: TranslationTokenizer    # the run's own sentencepiece Tokenizer, or a pretrained model's
     task_names: list[str]
     train: list[TaskData]
     valid: list[TaskData]
@@ -109,31 +110,37 @@ class PreparedData:
     accounting: dict                   # split -> task -> pairs read, kept, dropped by reason
 
 
-def prepare(config: DataConfig, threads: int = DEFAULT_THREADS) -> PreparedData:
+def prepare(config: DataConfig, threads: int = DEFAULT_THREADS,
+            pretrained: TranslationTokenizer | None = None) -> PreparedData:
     """Prepares (or reuses from the cache) everything training and evaluation read; sentencepiece
     runs with ``threads`` threads. A cache hit reads the small valid and test sets and the token
-    arrays, never the training text (the cache's fingerprint is the corpus files' metadata)."""
+    arrays, never the training text (the cache's fingerprint is the corpus files' metadata).
+    ``pretrained``: a pretrained model's tokenizer (cats_ds/families), used instead of training one;
+    the cache is then keyed on its files too."""
     root = config.cache_root() / "prepared" / config.key()
+    if pretrained is not None:
+        root = root.with_name(f"{root.name}-{tokenizer_digest(pretrained)[:12]}")
     corpus_dir = _materialize_corpus(config, root / "corpus")
     directions = find_directions(corpus_dir, "train")
     valid_text = read_split(corpus_dir, "valid", directions)
     test_text = read_split(corpus_dir, "test", directions)
     task_of = config.task_map or group_directions([d.name for d in directions], config.tasks)
     tokenizer_path = root / "spm.model"
-    cached = _cached_tasks(root, tokenizer_path, corpus_dir, config.max_len, task_of)
+    tokenizer = pretrained or (Tokenizer.load(tokenizer_path, threads) if tokenizer_path.is_file() else None)
+    cached = tokenizer and _cached_tasks(root, tokenizer, corpus_dir, config.max_len, task_of)
     if cached:
-        tokenizer, (train, valid) = Tokenizer.load(tokenizer_path, threads), cached
+        train, valid = cached
         if config.max_len_auto:
             log.info("data.max_len_auto: max_len %d tokens (chosen when the cache was built)",
                      train[0].counts["max_len"])
     else:
         train_text = read_split(corpus_dir, "train", directions)
-        tokenizer = _train_tokenizer(config, train_text, corpus_dir, tokenizer_path, threads)
+        tokenizer = pretrained or _train_tokenizer(config, train_text, corpus_dir, tokenizer_path, threads)
         encoded = encode_bitexts(train_text, tokenizer)
         max_len = _max_len(config, encoded)
         train = build_tasks(train_text, tokenizer, task_of, max_len, encoded)
         valid = build_tasks(valid_text, tokenizer, task_of, max_len)
-        fingerprint = _fingerprint(tokenizer_path, corpus_dir, config.max_len, task_of)
+        fingerprint = _fingerprint(tokenizer, corpus_dir, config.max_len, task_of)
         for split, tasks in (("train", train), ("valid", valid)):
             save_tasks(tasks, root / f"{split}_tasks.npz", fingerprint)
     names = [t.name for t in train]
@@ -145,7 +152,7 @@ def prepare(config: DataConfig, threads: int = DEFAULT_THREADS) -> PreparedData:
                            for task in names}}
     low_tasks = _low_resource_tasks(config, _manifest_low_languages(corpus_dir), task_of)
     low_directions = {direction for direction, task in task_of.items() if task in low_tasks}
-    return PreparedData(tokenizer, tokenizer_path, names, train, valid, valid_text, test_text,
+    return PreparedData(tokenizer, names, train, valid, valid_text, test_text,
                         low_tasks, low_directions, corpus_dir, accounting)
 
 
@@ -211,14 +218,14 @@ def _texts_by_language(bitexts: dict[Direction, Bitext]) -> dict[str, list[str]]
     return texts
 
 
-def _cached_tasks(root: Path, tokenizer_path: Path, corpus_dir: Path, max_len: int,
+def _cached_tasks(root: Path, tokenizer: TranslationTokenizer, corpus_dir: Path, max_len: int,
                   task_of: dict[str, str]) -> tuple[list[TaskData], list[TaskData]] | None:
     """The cached train and valid tasks when both were built from this tokenizer, these corpus
     files (by name, size and modification time), max_len and task map; else None."""
     paths = [root / "train_tasks.npz", root / "valid_tasks.npz"]
-    if not (tokenizer_path.is_file() and all(path.is_file() for path in paths)):
+    if not all(path.is_file() for path in paths):
         return None
-    fingerprint = _fingerprint(tokenizer_path, corpus_dir, max_len, task_of)
+    fingerprint = _fingerprint(tokenizer, corpus_dir, max_len, task_of)
     try:
         train, valid = (load_tasks(path, fingerprint) for path in paths)
     except ValueError as err:  # built from another tokenizer or corpus: rebuild, say so
@@ -227,9 +234,19 @@ def _cached_tasks(root: Path, tokenizer_path: Path, corpus_dir: Path, max_len: i
     return train, valid
 
 
-def _fingerprint(tokenizer_path: Path, corpus_dir: Path, max_len: int, task_of: dict[str, str]) -> str:
+def tokenizer_digest(tokenizer: TranslationTokenizer) -> str:
+    """sha256 of the files the tokenizer saves (its model, vocabulary, codes and settings)."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as saved:
+        tokenizer.save_pretrained(Path(saved))
+        for path in sorted(Path(saved).iterdir()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _fingerprint(tokenizer: TranslationTokenizer, corpus_dir: Path, max_len: int, task_of: dict[str, str]) -> str:
     """What the token arrays depend on: the tokenizer, the corpus files, max_len and the task map."""
-    digest = hashlib.sha256(tokenizer_path.read_bytes())
+    digest = hashlib.sha256(tokenizer_digest(tokenizer).encode())
     for path in sorted(corpus_dir.glob("*")):
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())

@@ -29,7 +29,7 @@ import torch
 
 if TYPE_CHECKING:
     from cats_ds.data.corpus import Bitext, Direction
-    from cats_ds.data.tokenizer import Tokenizer
+    from cats_ds.families import TranslationTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,12 @@ def group_directions(directions: Sequence[str], grouping: str | Mapping[str, str
                      f"{{direction: task}}, got {grouping!r}")
 
 
-def build_tasks(bitexts: Mapping[Direction, Bitext], tokenizer: Tokenizer, task_of: Mapping[str, str],
+def build_tasks(bitexts: Mapping[Direction, Bitext], tokenizer: TranslationTokenizer, task_of: Mapping[str, str],
                 max_len: int, encoded: Mapping[Direction, Encoded] | None = None) -> list[TaskData]:
     """Tokenize ``bitexts`` into one TaskData per task of ``task_of``, sorted by task name.
 
-    Sources get the target-language tag. Examples whose source or target has
-    more than ``max_len`` tokens (tag and eos included) are dropped and counted
+    Sources and targets as the tokenizer lays them out. Examples whose source or target has
+    more than ``max_len`` tokens (language tags or codes and eos included) are dropped and counted
     in a warning; a task left without examples raises ValueError. ``encoded``:
     the bitexts already tokenized by :func:`encode_bitexts` (not tokenized again).
     """
@@ -136,10 +136,11 @@ def build_tasks(bitexts: Mapping[Direction, Bitext], tokenizer: Tokenizer, task_
     return tasks
 
 
-def encode_bitexts(bitexts: Mapping[Direction, Bitext], tokenizer: Tokenizer) -> dict[Direction, Encoded]:
-    """Each direction's sources (with the target-language tag) and targets as token ids."""
-    return {direction: (tokenizer.encode_source_batch(bitext.src, direction.tgt),
-                        tokenizer.encode_target_batch(bitext.tgt))
+def encode_bitexts(bitexts: Mapping[Direction, Bitext], tokenizer: TranslationTokenizer) -> dict[Direction, Encoded]:
+    """Each direction's sources and targets as token ids, laid out as the tokenizer's model family
+    does (cats_ds/families: the language tags or codes included)."""
+    return {direction: (tokenizer.encode_source_batch(bitext.src, direction.src, direction.tgt),
+                        tokenizer.encode_target_batch(bitext.tgt, direction.tgt))
             for direction, bitext in bitexts.items()}
 
 

@@ -33,6 +33,7 @@ import sentencepiece as spm
 logger = logging.getLogger(__name__)
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+MODEL_FILE = "spm.model"   # the sentencepiece model's name in an export
 _TAG_PATTERN = re.compile(r"^<2(\S+)>$")
 _LANGUAGE_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 _SIDECAR_FORMAT = 1
@@ -152,19 +153,41 @@ class Tokenizer:
 
     def encode_source(self, text: str, tgt_lang: str) -> list[int]:
         """``[<2tgt>] + pieces + [eos]``."""
-        return self.encode_source_batch([text], tgt_lang)[0]
+        tag = self.tag_id(tgt_lang)
+        return [tag, *self._pieces([text])[0]]
 
     def encode_target(self, text: str) -> list[int]:
         """``pieces + [eos]``."""
-        return self.encode_target_batch([text])[0]
+        return self._pieces([text])[0]
 
-    def encode_source_batch(self, texts: Sequence[str], tgt_lang: str) -> list[list[int]]:
-        """:meth:`encode_source` for many texts at once (sentencepiece batches them in C++)."""
+    # the model-family interface (cats_ds/families): this is the family "cats"
+
+    def encode_source_batch(self, texts: Sequence[str], src_lang: str, tgt_lang: str) -> list[list[int]]:
+        """:meth:`encode_source` for many texts at once (sentencepiece batches them in C++); the
+        source language is not marked."""
         tag = self.tag_id(tgt_lang)
-        return [[tag, *ids] for ids in self.encode_target_batch(texts)]
+        return [[tag, *ids] for ids in self._pieces(texts)]
 
-    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """:meth:`encode_target` for many texts at once."""
+    def encode_target_batch(self, texts: Sequence[str], tgt_lang: str) -> list[list[int]]:
+        """:meth:`encode_target` for many texts at once; the target language is in the source's tag."""
+        return self._pieces(texts)
+
+    def forced_bos_id(self, tgt_lang: str) -> None:
+        """Nothing is forced: the source's tag names the target language."""
+        return None
+
+    def decode_generated(self, rows: Iterable[Sequence[int]]) -> list[str]:
+        """Texts of generate's rows, which start with the decoder start token (eos)."""
+        return [self.decode(list(row)[1:]) for row in rows]
+
+    def save_pretrained(self, directory: Path) -> None:
+        """The sentencepiece model (``spm.model``) and the same tokenizer for transformers alone."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MODEL_FILE).write_bytes(Path(self._source).read_bytes())
+        transformers_tokenizer(Path(self._source), self.languages).save_pretrained(directory)
+
+    def _pieces(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int, add_eos=True, num_threads=self.threads)
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -364,3 +387,31 @@ def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+def transformers_tokenizer(spm_path: Path, languages: Sequence[str]):
+    """The run's sentencepiece unigram model as a transformers fast tokenizer with the same ids.
+
+    sentencepiece's own normalization (its precompiled NFKC map, stripped and collapsed spaces),
+    a "▁" before the text, unigram with byte fallback, eos appended; the language tags are
+    special tokens, so ``<2en>`` before a sentence encodes as cats-ds encodes a source
+    (tests/test_train.py checks the ids on real text).
+    """
+    # here, not at the top: reading a tokenizer for data preparation needs no transformers
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer as FastTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(spm_path).read_bytes())
+    fast = FastTokenizer(models.Unigram([(piece.piece, piece.score) for piece in proto.pieces], UNK_ID,
+                                        byte_fallback=True))
+    fast.normalizer = normalizers.Sequence([normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
+                                            normalizers.Strip(), normalizers.Replace(Regex(" {2,}"), " ")])
+    fast.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    fast.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)])
+    fast.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS_ID)])
+    return PreTrainedTokenizerFast(tokenizer_object=fast, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=[lang_tag(lang) for lang in languages])

@@ -89,17 +89,16 @@ def load_trained_model(run_dir: Path, tag: str | None):
     results.json describes), in eval mode, plus its prepared data and the checkpoint's tag."""
     from cats_ds import trained
     from cats_ds.config import load_config
-    from cats_ds.data import pipeline
 
     source = trained.locate(run_dir / "checkpoints" / tag if tag else run_dir)
     config = load_config(source.run_config)
-    data = pipeline.prepare(config.data)
+    data = trained.load_data(config)
     # the fused SDPA kernels have no double backward
     model = trained.load_model(source, config, data.tokenizer, attention="eager")
     return model.float(), data, source.name
 
 
-def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eos_id: int,
+def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, decoder_start_id: int,
                 device: torch.device) -> list[Loss]:
     """One closure per dev batch, on ``device``: the batch's mean target-token cross-entropy."""
     from cats_ds.data.tasks import collate
@@ -109,12 +108,12 @@ def task_losses(model, task, batches: int, batch_sentences: int, pad_id: int, eo
 
     def batch_loss(indices: list[int]) -> Loss:
         batch = placement.to_device(collate(task, indices, pad_id), device)
-        return lambda: _mean_token_loss(model, batch, pad_id, eos_id)
+        return lambda: _mean_token_loss(model, batch, pad_id, decoder_start_id)
     return [batch_loss(indices) for indices in chunks]
 
 
-def _mean_token_loss(model, batch, pad_id: int, eos_id: int) -> torch.Tensor:
-    loss = token_loss(model, batch, 0.0, pad_id, eos_id)
+def _mean_token_loss(model, batch, pad_id: int, decoder_start_id: int) -> torch.Tensor:
+    loss = token_loss(model, batch, 0.0, pad_id, decoder_start_id)
     return loss.smoothed_sum / loss.tokens.clamp(min=1)
 
 
@@ -124,10 +123,10 @@ def measure(run_dir: Path, tag: str | None, iterations: int, batches: int, batch
     model = model.to(device)
     log.info("curvature of %s at %s on %s", run_dir, tag, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    pad_id, eos_id = data.tokenizer.pad_id, data.tokenizer.eos_id
+    pad_id, decoder_start_id = data.tokenizer.pad_id, model.config.decoder_start_token_id
     per_task = {}
     for task_id, task in enumerate(tqdm(data.valid, desc="curvature", unit="task")):
-        losses = task_losses(model, task, batches, batch_sentences, pad_id, eos_id, device)
+        losses = task_losses(model, task, batches, batch_sentences, pad_id, decoder_start_id, device)
         generator = torch.Generator().manual_seed(seed * 1000 + task_id)
         entry = {"top_eigenvalue": top_eigenvalue(losses, params, iterations, generator),
                  "dev_loss": float(sum(float(loss().detach()) for loss in losses) / len(losses))}
