@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from cats_ds.cats.variants import VARIANTS
 from conftest import cpu_supports_fp16, needs_fp16, run_deepspeed
+
+DEFAULT_VARIANT = "weighted_loss"   # the shipped configs' cats.variant (tests/test_config.py checks they agree)
 
 STAGES = (1, 2, 3)
 EXACT_CONFIGS = ("ds_configs/zero3_persist.json",)   # fp32 variants held to the dense reference too
@@ -28,6 +31,18 @@ def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("cats2") / "results.json"
     run_deepspeed(["tests/dist/cats_exactness.py", str(out), *map(str, STAGES), "--surgery", "--configs",
                    *EXACT_CONFIGS, *LOW_PRECISION], processes=2)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def pretrained_zero3(tmp_path_factory):
+    """The shipped default variant (weighted_loss) on a tiny NLLB loaded from disk into ZeRO-3's partitions."""
+    from pretrained_fixtures import build_tiny_model
+    root = tmp_path_factory.mktemp("cats_pretrained")
+    model = build_tiny_model("nllb", root / "nllb")
+    out = root / "results.json"
+    run_deepspeed(["tests/dist/cats_exactness.py", str(out), "3", "--pretrained", str(model),
+                   "--objective", VARIANTS[DEFAULT_VARIANT]["objective"]], processes=2)
     return json.loads(out.read_text())
 
 
@@ -201,3 +216,19 @@ def test_an_overflow_seen_only_in_the_statistics_reaches_deepspeeds_overflow_che
     assert torch.isfinite(partition.values).all()
     buffers.flag_overflow()
     assert not torch.isfinite(partition.values).all()
+
+
+@pytest.mark.slow
+def test_cats_on_a_pretrained_model_in_zero3_is_exact(pretrained_zero3):
+    """Scales at 1 and weights at the realized shares reproduce plain training, and the default
+    variant matches the dense float64 reference, on a checkpoint loaded partitioned from disk."""
+    runs = pretrained_zero3["stages"]["3"]
+    assert _relative(runs["plain"]["params"], pretrained_zero3["initial"]) > 1e-3
+    assert _relative(runs["ones"]["params"], runs["plain"]["params"]) <= 1e-6
+    assert _relative(runs["realized"]["params"], runs["plain"]["params"]) <= 1e-6
+    _assert_matches_reference(runs["cats"], pretrained_zero3["reference"])
+
+
+def test_the_default_variant_here_is_the_shipped_one():
+    from cats_ds.config import load_config
+    assert load_config("cats_ds/configs/bible8_cpu.yaml").cats.variant == DEFAULT_VARIANT

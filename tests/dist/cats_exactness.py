@@ -1,6 +1,7 @@
 """CATS in ZeRO against a dense single-process reference; run by tests/test_cats_zero.py.
 
     deepspeed --num_accelerators 2 tests/dist/cats_exactness.py OUT.json STAGE [STAGE ...] [--configs JSON ...]
+        [--pretrained DIR --objective weighted_loss]
 
 For each ZeRO stage, on the same global batches (the plans of a 2-rank sampler; a 1-process
 job runs both virtual ranks' micro-batches itself):
@@ -11,6 +12,9 @@ job runs both virtual ranks' micro-batches itself):
             token shares pi (w = pi is plain training)
   weights - cats.parameterization=weights, lookahead with dev meta gradients, moving weights
   pcgrad, mgda - the gradient-surgery baselines through the same buffers (``--surgery``)
+With --pretrained the model is a checkpoint loaded from DIR through cats_ds.pretrained (under
+ZeRO-3 straight into the partitions, every engine loading it afresh), the modes are plain, ones,
+realized and cats, and cats runs --objective (the shipped default variant's, weighted_loss).
 Rank 0 also computes the dense references: per-task gradients by separate backward passes
 over the whole global batch in float64 accounting, the same TaskScaler (or GradientSurgery)
 and AdamW.
@@ -26,6 +30,7 @@ import json
 
 import numpy as np
 import torch
+from transformers import AutoModelForSeq2SeqLM
 
 from cats_ds import distributed
 from cats_ds.cats import GradientSurgery, TaskScaler
@@ -35,7 +40,8 @@ from cats_ds.config import RunConfig
 from cats_ds.configio import from_dict
 from cats_ds.data.sampler import LanguageSyncSampler
 from cats_ds.data.tasks import TaskData, collate
-from cats_ds.engine import build_engine
+from cats_ds import pretrained
+from cats_ds.engine import build_engine, run_ds_config
 from cats_ds.loss import token_loss
 from cats_ds.model import build_hf_config, build_model
 from cats_ds.train import Run, train_step
@@ -101,9 +107,9 @@ class VirtualRanks:
         return mine[0]
 
 
-def make_config(stage: int, mode: str, ds_config: str = "") -> RunConfig:
+def make_config(stage: int, mode: str, ds_config: str = "", objective: str = "lookahead") -> RunConfig:
     cats = {"enabled": mode != "plain", "method": mode if mode in SURGERY else "cats",
-            "objective": "lookahead", "meta_source": "dev", "ema_decay": 0.5,
+            "objective": objective, "meta_source": "dev", "ema_decay": 0.5,
             "meta_tokens_per_task": 60, "cosine_every": 1,
             "lr_alpha": 0.0 if mode == "ones" else 0.2, "lr_lambda": 0.0 if mode == "ones" else 0.5,
             "epsilon": 0.7, "parameterization": "weights" if mode in WEIGHTS else "scales"}
@@ -126,9 +132,12 @@ def flat_params(engine) -> torch.Tensor:
     return torch.cat([safe_get_full_fp32_param(p).reshape(-1).double() for p in engine.module.parameters()])
 
 
-def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = ""):
-    config = make_config(stage, mode, ds_config)
-    engine = build_engine(config, copy.deepcopy(model))
+def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = "", objective: str = "lookahead"):
+    """``model``: a module (each engine gets a copy) or a callable that loads one for a DeepSpeed config."""
+    config = make_config(stage, mode, ds_config, objective)
+    engine_config = run_ds_config(config)
+    module = copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model(engine_config)
+    engine = build_engine(config, module, engine_config)
     sampler = VirtualRanks([t.lengths() for t in train], probabilities(train), 160, 30, seed=3)
     cats = CATSHook.build(config, engine, valid, PAD, EOS, probabilities(train))
     if mode == "realized":
@@ -153,9 +162,9 @@ def run_engine(stage: int, mode: str, train, valid, model, ds_config: str = ""):
     return {"params": flat_params(engine).tolist(), "grams": grams, "trajectory": trajectory}
 
 
-def dense_reference(train, valid, model, mode: str = "cats") -> dict:
+def dense_reference(train, valid, model, mode: str = "cats", objective: str = "lookahead") -> dict:
     """Single process, per-task gradients by separate backward passes over the global batch."""
-    config = make_config(2, mode)
+    config = make_config(2, mode, objective=objective)
     model = copy.deepcopy(model).double()
     params = [p for p in model.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
@@ -245,7 +254,8 @@ def errors(results: dict) -> dict:
                       "realized_vs_plain": relative(runs["realized"]["params"], runs["plain"]["params"]),
                       "plain_moved": relative(runs["plain"]["params"], results["initial"]),
                       "cats_vs_reference": against(runs["cats"], results["reference"]),
-                      "weights_vs_reference": against(runs["weights"], results["weights_reference"])}
+                      **({"weights_vs_reference": against(runs["weights"], results["weights_reference"])}
+                         if "weights" in runs else {})}
               for stage, runs in results["stages"].items()}
     configs = {path: against(run, results["reference"]) for path, run in results["configs"].items()}
     return {"stages": stages, "configs": configs,
@@ -258,6 +268,8 @@ def main() -> None:
     parser.add_argument("stages", type=int, nargs="+")
     parser.add_argument("--configs", nargs="*", default=[], help="also run CATS with these DeepSpeed JSONs")
     parser.add_argument("--surgery", action="store_true", help="also run PCGrad and MGDA on ZeRO-2")
+    parser.add_argument("--pretrained", help="a pretrained checkpoint's directory instead of the tiny preset")
+    parser.add_argument("--objective", default="lookahead", help="the objective of the cats mode")
     parser.add_argument("--local_rank", type=int)
     args = parser.parse_args()
     out, stages = args.out, args.stages
@@ -265,20 +277,29 @@ def main() -> None:
     torch.set_num_threads(1)
     train = [synthetic_task(f"t{n}", size, seed=n) for n, size in enumerate(TASK_SIZES)]
     valid = [synthetic_task(f"t{n}", 12, seed=100 + n) for n in range(len(TASK_SIZES))]
-    hf_config = build_hf_config(make_config(2, "plain").model, VOCAB, 16, PAD, 0, EOS)
-    model = build_model(hf_config, seed=7)
+    modes, objective = (("plain", "ones", "realized", "cats") if args.pretrained else MODES), args.objective
+    if args.pretrained:
+        hf_config = pretrained.load_config(args.pretrained)
+        assert (hf_config.pad_token_id, hf_config.decoder_start_token_id) == (PAD, EOS), "a fairseq-style model"
+        # no dropout, as the preset's config: every engine must see the same function of its weights
+        hf_config.dropout = hf_config.attention_dropout = hf_config.activation_dropout = 0.0
+        model = AutoModelForSeq2SeqLM.from_pretrained(args.pretrained, config=hf_config)   # whole, for the reference
+        load = lambda ds_config: pretrained.load_model(args.pretrained, hf_config, "", ds_config, torch.float32)  # noqa: E731
+    else:
+        model = load = build_model(build_hf_config(make_config(2, "plain").model, VOCAB, 16, PAD, 0, EOS), seed=7)
     initial = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]).tolist()
     results = {"world_size": distributed.world_size(), "initial": initial, "stages": {}}
     for stage in stages:
-        results["stages"][stage] = {mode: run_engine(stage, mode, train, valid, model)
-                                    for mode in MODES}
+        results["stages"][stage] = {mode: run_engine(stage, mode, train, valid, load, objective=objective)
+                                    for mode in modes}
     # other DeepSpeed JSONs (low precision: the Gram matrix must come out unscaled, fp16 divides by loss_scale**2)
     results["configs"] = {path: run_engine(2, "cats", train, valid, model, path) for path in args.configs}
     if args.surgery:
         results["surgery"] = {mode: run_engine(2, mode, train, valid, model) for mode in SURGERY}
     if distributed.rank() == 0:
-        results["reference"] = dense_reference(train, valid, model)
-        results["weights_reference"] = dense_reference(train, valid, model, "weights")
+        results["reference"] = dense_reference(train, valid, model, objective=objective)
+        if "weights" in modes:
+            results["weights_reference"] = dense_reference(train, valid, model, "weights")
         if args.surgery:
             results["surgery_reference"] = {mode: dense_reference(train, valid, model, mode) for mode in SURGERY}
         results["errors"] = errors(results)
