@@ -183,3 +183,21 @@ def test_the_export_translates_with_transformers_alone_as_cats_ds_translate_does
     assert result["outputs"] == ours.stdout.splitlines()
     generation = json.loads((export / "generation_config.json").read_text())
     assert generation["num_beams"] == 1 and generation["decoder_start_token_id"] == 2
+
+
+def test_training_continues_from_a_cats_ds_export(trained, workspace):
+    """model.pretrained=EXPORT (the family "cats"): the run starts where the exported model ended,
+    not from scratch, on the same corpus and tokenizer."""
+    root, corpus, cache = workspace
+    config = write_config(root / "continued.yaml", corpus, root / "continued", cache,
+                          train={"max_steps": 3, "ds_config": "ds_configs/zero1.json", "export": False},
+                          cats={"enabled": False})
+    written = yaml.safe_load(config.read_text())
+    written["model"] = {"pretrained": str(trained / "export")}
+    config.write_text(yaml.safe_dump(written))
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first = read_metrics(root / "continued" / "metrics.jsonl", "train")[0]["loss"]
+    exported = [r["loss"] for r in read_metrics(trained / "metrics.jsonl", "train")]
+    assert first < np.mean(exported[:5]) and abs(first - np.mean(exported[-5:])) < 0.5 * np.mean(exported[:5])
