@@ -137,6 +137,26 @@ def make_model(config: ModelConfig, pretrained_config, tokenizer, max_len: int, 
     return build_model(hf_config, seed, config.activation_checkpointing)
 
 
+def pretrained_dimensions(hf_config) -> ModelConfig:
+    """A pretrained config's (d_model, layers, heads, ffn) as a ModelConfig's overrides, for the
+    size and FLOP formulas (cats_ds/tools/sizes.py): BART-like configs (NLLB, M2M100, mBART,
+    Marian) and T5-like ones (mT5)."""
+    if hasattr(hf_config, "encoder_ffn_dim"):
+        return ModelConfig(d_model=hf_config.d_model, encoder_layers=hf_config.encoder_layers,
+                           decoder_layers=hf_config.decoder_layers, attention_heads=hf_config.encoder_attention_heads,
+                           ffn_dim=hf_config.encoder_ffn_dim)
+    return ModelConfig(d_model=hf_config.d_model, encoder_layers=hf_config.num_layers,
+                       decoder_layers=hf_config.num_decoder_layers, attention_heads=hf_config.num_heads,
+                       ffn_dim=hf_config.d_ff)
+
+
+def count_pretrained_parameters(hf_config) -> int:
+    """Exact parameter count of a pretrained architecture, built on the meta device (nothing allocated)."""
+    from transformers import AutoModelForSeq2SeqLM
+    with torch.device("meta"):
+        return count_parameters(AutoModelForSeq2SeqLM.from_config(hf_config))
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -72,3 +72,17 @@ def test_training_flops_match_torchs_flop_counter_on_a_real_model():
         token_loss(model, inputs, 0.0, 1, 2).smoothed_sum.backward()
     expected = training_flops(config, vocab, batch * length, batch * length, length)
     assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
+
+
+def test_a_pretrained_checkpoint_is_counted_exactly_from_its_config(tmp_path):
+    """--pretrained: Psi from the checkpoint's config on the meta device equals the loaded model's count."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cats_ds.model import count_parameters
+    from cats_ds.tools.sizes import size_rows
+    from pretrained_fixtures import build_tiny_model
+    for family in ("nllb", "mt5"):   # tied embeddings (M2M100) and untied ones with relative positions (T5)
+        directory = build_tiny_model(family, tmp_path / family)
+        rows = [row for row in size_rows(64000, 8, 4096, 8, "fp32", 128, [str(directory)]) if row.preset == str(directory)]
+        assert len(rows) == 2
+        assert rows[0].parameters == count_parameters(AutoModelForSeq2SeqLM.from_pretrained(directory))

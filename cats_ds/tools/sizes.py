@@ -1,7 +1,11 @@
 """Model sizes and memory per rank for every preset, computed from the dimensions (nothing is allocated).
 
     python -m cats_ds.tools.sizes [--vocab 64000] [--world 8] [--tokens-per-micro 4096] [--tasks 8]
-        [--buffer-dtype fp32] [--seq-len 128]
+        [--buffer-dtype fp32] [--seq-len 128] [--pretrained HUB_ID_OR_DIR ...]
+
+--pretrained adds rows for pretrained checkpoints (model.pretrained): Psi counted exactly on the
+meta device from the checkpoint's config, the dimensions and vocabulary for the activations
+read from it too.
 
 Psi = parameters (cats_ds.model.estimate_parameters), W = data-parallel ranks, N = tasks.
 Model states per rank, in bytes, after the ZeRO paper (Rajbhandari et al. 2020): parameters,
@@ -41,7 +45,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from cats_ds.model import PRESETS, ModelConfig, estimate_parameters
+from cats_ds import pretrained
+from cats_ds.model import (PRESETS, ModelConfig, count_pretrained_parameters, estimate_parameters,
+                           pretrained_dimensions)
 
 GIB = 2 ** 30
 STAGES = (0, 1, 2, 3)
@@ -127,18 +133,22 @@ class SizeRow:
 
 
 def size_rows(vocab: int, world: int, tokens_per_micro: int, tasks: int, buffer_dtype: str,
-              seq_len: int) -> list[SizeRow]:
+              seq_len: int, pretrained_models: list[str] = ()) -> list[SizeRow]:
+    models = [(preset, ModelConfig(preset=preset), vocab, None) for preset in PRESETS]
+    for spec in pretrained_models:
+        hf_config = pretrained.load_config(spec)
+        models.append((spec, pretrained_dimensions(hf_config), hf_config.vocab_size,
+                       count_pretrained_parameters(hf_config)))
     rows = []
-    for preset in PRESETS:
-        config = ModelConfig(preset=preset)
-        params = estimate_parameters(config, vocab)
+    for name, config, model_vocab, counted in models:
+        params = counted or estimate_parameters(config, model_vocab)
         for precision in PRECISIONS:
             rows.append(SizeRow(
-                preset, params, precision.name,
+                name, params, precision.name,
                 {stage: model_state_bytes(params, world, stage, precision) for stage in STAGES},
                 cats_buffer_bytes(params, world, tasks, buffer_dtype),
                 cats_temporary_bytes(params, world, tasks, buffer_dtype),
-                activation_bytes(config, vocab, tokens_per_micro, seq_len, precision.activation_bytes)))
+                activation_bytes(config, model_vocab, tokens_per_micro, seq_len, precision.activation_bytes)))
     return rows
 
 
@@ -168,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence, for attention (default 128)")
     parser.add_argument("--tasks", type=int, default=8, help="CATS tasks N (default 8)")
     parser.add_argument("--buffer-dtype", choices=sorted(BUFFER_BYTES), default="fp32", help="cats.buffer_dtype")
+    parser.add_argument("--pretrained", nargs="*", default=[], metavar="HUB_ID_OR_DIR",
+                        help="also pretrained checkpoints (their own vocabulary)")
     args = parser.parse_args(argv)
     for name in ("vocab", "world", "tokens_per_micro", "seq_len", "tasks"):
         if getattr(args, name) < 1:
@@ -175,8 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Memory per rank: model states under ZeRO 0-3 (W={args.world}), CATS with N={args.tasks} tasks "
           f"({args.buffer_dtype} buffers), activations of {args.tokens_per_micro} tokens per micro-step "
           f"(vocabulary {args.vocab}); formulas: python -m cats_ds.tools.sizes --help\n")
-    print(markdown_table(size_rows(args.vocab, args.world, args.tokens_per_micro, args.tasks,
-                                   args.buffer_dtype, args.seq_len)))
+    try:
+        rows = size_rows(args.vocab, args.world, args.tokens_per_micro, args.tasks, args.buffer_dtype, args.seq_len,
+                         args.pretrained)
+    except pretrained.PretrainedError as error:
+        parser.error(str(error))
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":
