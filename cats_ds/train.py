@@ -137,6 +137,21 @@ def prepare_data(config: RunConfig, pretrained_tokenizer=None) -> pipeline.Prepa
     return data
 
 
+def refuse_another_pretrained(config: RunConfig, run_dir: Path) -> None:
+    """A run with checkpoints continues only from the pretrained model it started from: another one
+    would fail deep inside DeepSpeed's checkpoint loading (other shapes), or load its weights over
+    another tokenizer's ids. Checked against the run's config.yaml before it is written again."""
+    saved_path = run_dir / "config.yaml"
+    if not (saved_path.is_file() and checkpoint.step_checkpoints(run_dir / "checkpoints")):
+        return
+    saved = (yaml.safe_load(saved_path.read_text()) or {}).get("model") or {}
+    for key in ("pretrained", "revision"):
+        if saved.get(key, "") != getattr(config.model, key):
+            raise ValueError(f"model.{key}: {run_dir} holds checkpoints of a run with model.{key}="
+                             f"{saved.get(key, '')!r}, now {getattr(config.model, key)!r}; resume with the saved "
+                             f"value, or start a new run in another train.run_dir")
+
+
 def _set_threads(config: RunConfig) -> None:
     threads = config.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1")))
     torch.set_num_threads(threads)
@@ -225,6 +240,7 @@ def train(config: RunConfig) -> dict:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
     _set_threads(config)
     run_dir = Path(config.train.run_dir)
+    refuse_another_pretrained(config, run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -103,3 +103,15 @@ def test_cats_ds_evaluate_scores_the_fine_tuned_checkpoint_as_training_did(fine_
     trained = json.loads((run_dir / "results.json").read_text())["test"]
     assert {name: round(s["bleu"], 6) for name, s in scores.items()} == \
         {name: round(s["bleu"], 6) for name, s in trained.items()}
+
+
+def test_resuming_with_another_pretrained_model_is_refused_naming_the_key(fine_tuned, tmp_path):
+    run_dir, _ = fine_tuned
+    other = build_tiny_model("mbart50", tmp_path / "mbart50")
+    saved = (run_dir / "config.yaml").read_text()
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(run_dir / "config.yaml"),
+                             f"model.pretrained={other}"], cwd=REPO, text=True, capture_output=True, timeout=300,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode != 0
+    assert f"model.pretrained: {run_dir} holds checkpoints of a run with model.pretrained=" in result.stdout + result.stderr
+    assert (run_dir / "config.yaml").read_text() == saved    # the run's record is left as it was
