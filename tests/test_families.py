@@ -145,3 +145,16 @@ def test_preset_keys_beside_pretrained_are_refused() -> None:
     with pytest.raises(ConfigError, match="model.pretrained=x is set together with model.preset, model.d_model"):
         load_config(None, ["model.pretrained=x", "model.preset=tiny", "model.d_model=64"])
     assert load_config(None, ["model.pretrained=x"]).model.pretrained == "x"
+
+
+def test_corpus_files_may_be_named_in_the_model_codes(tmp_path: Path, models) -> None:
+    from cats_ds.data.corpus import find_directions, read_split
+    (tmp_path / "train.fra_Latn-eng_Latn.tsv").write_text(f"{TARGET}\t{SOURCE}\n", encoding="utf-8")
+    (tmp_path / "train.fr_XX-en_XX.tsv").write_text(f"{TARGET}\t{SOURCE}\n", encoding="utf-8")
+    names = sorted(direction.name for direction in find_directions(tmp_path, "train"))
+    assert names == ["fr_XX-en_XX", "fra_Latn-eng_Latn"]
+    bitexts = read_split(tmp_path, "train")
+    ours, _ = load(models["nllb"])
+    direction = next(d for d in bitexts if d.src == "fra_Latn")
+    assert ours.encode_source_batch(bitexts[direction].src, direction.src, direction.tgt)[0][0] == \
+        ours.hf.convert_tokens_to_ids("fra_Latn")

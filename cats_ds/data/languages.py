@@ -5,11 +5,17 @@ that OPUS-100 still uses) and the ISO 639-3 codes of languages without a
 two-letter code that OPUS-100, TED and FLORES-style corpora commonly carry.
 A typo such as "fe" for "fr" is caught where the code is read, with the file or
 config key that held it and the closest known codes.
+
+Pretrained models' own codes are accepted by their form, so that a corpus can name its files
+in the model's codes (train.fra_Latn-eng_Latn.tsv): FLORES-200's (NLLB: ISO 639-3 and an
+ISO 15924 script, fra_Latn) and mBART-50's (ISO 639-1 and a region, fr_XX). Whether the
+model knows such a code is checked by its family (cats_ds/families), naming the nearest.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 
 KNOWN_LANGUAGES: frozenset[str] = frozenset({
     # ISO 639-1, complete
@@ -35,6 +41,9 @@ KNOWN_LANGUAGES: frozenset[str] = frozenset({
 })
 
 
+MODEL_CODE = re.compile(r"^(?:[a-z]{3}_[A-Z][a-z]{3}|[a-z]{2}_[A-Z]{2})$")   # fra_Latn (NLLB), fr_XX (mBART-50)
+
+
 class UnknownLanguageError(ValueError):
     """A language code that is not in KNOWN_LANGUAGES."""
 
@@ -45,7 +54,7 @@ def check_language(code: str, where: str) -> str:
     `where` is the file or config key that held the code, so the message points
     at the thing to fix.
     """
-    if code in KNOWN_LANGUAGES:
+    if code in KNOWN_LANGUAGES or MODEL_CODE.match(code):
         return code
     close = difflib.get_close_matches(code.lower(), sorted(KNOWN_LANGUAGES), n=3, cutoff=0.5)
     if code.lower() in KNOWN_LANGUAGES:
@@ -53,5 +62,5 @@ def check_language(code: str, where: str) -> str:
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownLanguageError(
         f"{where}: unknown language code {code!r} (expected a lower-case ISO 639-1 or "
-        f"ISO 639-3 code){hint}"
+        f"ISO 639-3 code, or a pretrained model's code such as fra_Latn or fr_XX){hint}"
     )
