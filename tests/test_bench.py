@@ -91,3 +91,20 @@ def test_variants_table_ratios_extra_memory_and_amortized_curvature():
     # time: means over ranks (3.5 / 1.5); extra memory: the largest over ranks; M: 2 of 4 steps,
     # 2.5 s each on average, (6/4 + 4/4) / 2 = 1.25 s per timed step
     assert rows[3] == "| 2 | 2 | second_order | 3.500 | 2.333 | 150 | 50 | 25 | 2x (every 2) | 2.500 | 1.250 |"
+
+
+@pytest.mark.slow
+def test_a_pretrained_architecture_is_benchmarked_with_its_own_size(tmp_path):
+    """model.pretrained: the checkpoint's architecture and vocabulary (random weights), its FLOPs from its config."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cats_ds.model import count_parameters
+    from pretrained_fixtures import build_tiny_model
+    directory = build_tiny_model("nllb", tmp_path / "nllb")
+    out = tmp_path / "bench.json"
+    run_deepspeed(["--module", "cats_ds.tools.bench", "--stage", "2", "--steps", "2", "--warmup", "1",
+                   "--json", str(out), f"model.pretrained={directory}"], processes=1, timeout=300)
+    [report] = json.loads(out.read_text())
+    params = count_parameters(AutoModelForSeq2SeqLM.from_pretrained(directory))
+    assert report["parameters"] == params and params <= report["partition_elements"] < params + 64
+    assert report["plain_model_tflops"] > 0

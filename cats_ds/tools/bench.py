@@ -29,7 +29,8 @@ partition size, each engine's memory, and the model TFLOP/s of the training batc
 (cats_ds.tools.sizes.training_flops; CATS's meta pass is extra work, not counted), as model FLOP
 utilization when ``--peak-tflops`` gives the device's measured matrix rate. Step times are taken
 with the device's queue drained before and after each step. The model, batch and CATS settings come from the run
-config (default: the embedded default's), so the figures describe what users run. Synthetic
+config (default: the embedded default's), so the figures describe what users run; with
+``model.pretrained`` the checkpoint's architecture and vocabulary, randomly initialized. Synthetic
 token data (random ids, Bible-like lengths) keeps the benchmark self-contained.
 """
 
@@ -63,7 +64,8 @@ from cats_ds.cats.variants import VARIANTS
 from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
-from cats_ds.model import build_hf_config, build_model, count_parameters
+from cats_ds.model import (ModelConfig, build_hf_config, build_model, count_parameters, load_pretrained_config,
+                           pretrained_dimensions)
 from cats_ds.engine import build_engine
 from cats_ds.tools.sizes import training_flops
 from cats_ds.train import Run, train_step
@@ -173,7 +175,8 @@ def first_update_step(config: RunConfig) -> int:
 def make_run(config: RunConfig, model, tasks: list[TaskData], plans: FixedPlans) -> Run:
     engine = build_engine(config, copy.deepcopy(model))
     probs = temperature_probs([len(t) for t in tasks], config.sampling.temperature)
-    return Run(config, engine, tasks, tasks, plans, CATSHook.build(config, engine, tasks, PAD, EOS, probs), PAD, EOS)
+    pad, start = model.config.pad_token_id, model.config.decoder_start_token_id
+    return Run(config, engine, tasks, tasks, plans, CATSHook.build(config, engine, tasks, pad, start, probs), pad, start)
 
 
 def without_cats(config: RunConfig) -> RunConfig:
@@ -229,12 +232,25 @@ def stage_config(args: argparse.Namespace, overrides: list[str]) -> RunConfig:
 
 
 def setup(args: argparse.Namespace, config: RunConfig) -> tuple[list[TaskData], object, float]:
-    """Synthetic tasks, the model and the mean sequence length."""
-    tasks = synthetic_tasks(args.tasks, config.data.vocab_size, config.data.max_len, seed=1)
+    """Synthetic tasks, the model and the mean sequence length. With model.pretrained, the
+    checkpoint's architecture and vocabulary, randomly initialized: timing needs no weights."""
+    if config.model.pretrained:
+        from transformers import AutoModelForSeq2SeqLM
+        torch.manual_seed(config.train.seed)
+        model = AutoModelForSeq2SeqLM.from_config(load_pretrained_config(config.model, config.data.max_len))
+    else:
+        model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0,
+                                            EOS), config.train.seed)
+    tasks = synthetic_tasks(args.tasks, model.config.vocab_size, config.data.max_len, seed=1)
     seq_len = float(np.mean(np.concatenate([t.src_lengths() for t in tasks])))
-    model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0, EOS),
-                        config.train.seed)
     return tasks, model, seq_len
+
+
+def flop_dimensions(config: RunConfig, model) -> tuple[ModelConfig, int]:
+    """The dimensions and vocabulary the FLOP formula reads: the preset's, or the checkpoint's."""
+    if config.model.pretrained:
+        return pretrained_dimensions(model.config), model.config.vocab_size
+    return config.model, config.data.vocab_size
 
 
 def plan_sampler(config: RunConfig, tasks: list[TaskData]) -> LanguageSyncSampler:
@@ -269,7 +285,7 @@ def measure(args: argparse.Namespace) -> dict:
             times[name].append(seconds)
             tokens[name] += metrics["target_tokens"] + metrics["source_tokens"]
             # the training batch's model FLOPs on this rank; CATS's meta pass is extra work, not counted
-            flops[name] += training_flops(config.model, config.data.vocab_size, metrics["source_tokens"],
+            flops[name] += training_flops(*flop_dimensions(config, model), metrics["source_tokens"],
                                           metrics["target_tokens"], seq_len) / distributed.world_size()
         if not entry["cats"][2]:
             without_meta.append(entry["cats"][0] / entry["plain"][0])
