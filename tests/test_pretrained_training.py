@@ -115,3 +115,16 @@ def test_resuming_with_another_pretrained_model_is_refused_naming_the_key(fine_t
     assert result.returncode != 0
     assert f"model.pretrained: {run_dir} holds checkpoints of a run with model.pretrained=" in result.stdout + result.stderr
     assert (run_dir / "config.yaml").read_text() == saved    # the run's record is left as it was
+
+
+def test_cats_ds_curvature_rebuilds_the_fine_tuned_checkpoint(fine_tuned):
+    run_dir, _ = fine_tuned
+    out = run_dir / "curvature.json"
+    result = subprocess.run([sys.executable, "-m", "cats_ds.tools.curvature", str(run_dir), "--iterations", "2",
+                             "--batches", "1", "--batch-sentences", "4"], text=True,
+                            capture_output=True, cwd=REPO, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tasks = json.loads(out.read_text())["tasks"]
+    trained_dev = json.loads((run_dir / "results.json").read_text())["dev"]
+    assert set(tasks) == {"de-en", "es-en", "fr-en"}
+    assert all(abs(entry["dev_loss"] - trained_dev["dev_loss"]) < 1.0 for entry in tasks.values())
