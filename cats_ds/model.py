@@ -1,10 +1,11 @@
 """The translation model: cats-ds's own M2M100 built from a size preset, or a pretrained checkpoint.
 
 Without ``model.pretrained`` the model is a transformers M2M100 encoder-decoder built from a
-preset, never downloaded. M2M100 is pre-LN (a layer norm before each sublayer, one after each stack), which trains
-stably at the high learning rates small CPU runs need. The target language is a tag token
-at the start of the source (see cats_ds.data.tokenizer), so one model serves many-to-one,
-one-to-many and many-to-many without forced BOS tokens.
+preset, never downloaded. M2M100 is pre-LN (a layer norm before each sublayer, one after each
+stack), which trains stably at the high learning rates small CPU runs need. The target language
+is a tag token at the start of the source (see cats_ds.data.tokenizer), so one model serves
+many-to-one, one-to-many and many-to-many without forced BOS tokens. A pretrained checkpoint
+brings its own architecture and its family's layout (cats_ds/pretrained.py, cats_ds/families).
 """
 
 from __future__ import annotations
