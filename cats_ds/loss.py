@@ -99,10 +99,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)
         for rows_of in _chunks(rows, vocabulary):
             g_smoothed, g_nll = grad_smoothed[rows_of, None], grad_nll[rows_of, None]
-            grad = torch.exp(logits[rows_of].to(precision) - log_normalizer[rows_of, None]) * (g_smoothed + g_nll)
-            grad -= g_smoothed * (smoothing / vocabulary)
+            # in place, in grad_logits itself when it has the computing precision (fp32 logits)
+            grad = grad_logits[rows_of] if logits.dtype == precision else None
+            grad = torch.sub(logits[rows_of].to(precision), log_normalizer[rows_of, None], out=grad)
+            grad.exp_().mul_(g_smoothed + g_nll).sub_(g_smoothed * (smoothing / vocabulary))
             grad.scatter_add_(-1, targets[rows_of, None], -(g_smoothed * (1.0 - smoothing) + g_nll))
-            grad_logits[rows_of] = grad
+            if logits.dtype != precision:
+                grad_logits[rows_of] = grad
         return grad_logits, None, None
 
 
