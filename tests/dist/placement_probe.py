@@ -108,8 +108,8 @@ def main() -> None:
     overrides = [arg for arg in rest if arg != "--bypass"]
     tag_placement(bypass)
     check_collectives()
-    real_build_model = train.build_model
-    train.build_model = lambda *args, **kwargs: check_model(real_build_model(*args, **kwargs))
+    real_make_model = train.make_model
+    train.make_model = lambda *args, **kwargs: check_model(real_make_model(*args, **kwargs))
     train.main(["--config", config, *overrides])
     with open(out, "w") as handle:
         json.dump({"checked": CHECKED, "untagged": UNTAGGED}, handle)
