@@ -9,7 +9,9 @@ vocabulary (NLLB) a [tokens x vocabulary] fp32 tensor is 4 GB for 4,096 tokens, 
 go in chunks of at most CHUNK_ELEMENTS logits, each upcast to fp32 in turn, in a function with
 its own backward (the gradient from the kept log-sum-exp, chunk by chunk): what autograd keeps is
 the logits themselves (in the model's dtype) and three numbers per token, and the fp32 copies
-live one chunk at a time.
+live one chunk at a time. Where a second derivative is asked for (create_graph: the curvature
+tool, CATS's second_order term) the backward pass is the same gradient in differentiable,
+unchunked form.
 ``python -m cats_ds.tools.loss_memory`` measures it against the log-softmax formulation.
 """
 
@@ -96,6 +98,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         precision = log_normalizer.dtype
         grad_smoothed = torch.zeros_like(log_normalizer) if grad_smoothed is None else grad_smoothed.to(precision)
         grad_nll = torch.zeros_like(log_normalizer) if grad_nll is None else grad_nll.to(precision)
+        if torch.is_grad_enabled():   # create_graph (curvature, cats second_order): a gradient autograd can differentiate
+            return _differentiable_gradient(logits, targets, grad_smoothed, grad_nll, smoothing), None, None
         grad_logits = torch.empty_like(logits)
         for rows_of in _chunks(rows, vocabulary):
             g_smoothed, g_nll = grad_smoothed[rows_of, None], grad_nll[rows_of, None]
@@ -107,6 +111,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if logits.dtype != precision:
                 grad_logits[rows_of] = grad
         return grad_logits, None, None
+
+
+def _differentiable_gradient(logits: torch.Tensor, targets: torch.Tensor, grad_smoothed: torch.Tensor,
+                             grad_nll: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The same gradient from out-of-place operations on the logits, whole: Hessian-vector
+    products differentiate through it (the chunked in-place pass cannot be differentiated)."""
+    precision, vocabulary = grad_smoothed.dtype, logits.shape[-1]
+    grad = torch.softmax(logits.to(precision), dim=-1) * (grad_smoothed + grad_nll)[:, None]
+    grad = grad - (grad_smoothed * (smoothing / vocabulary))[:, None]
+    grad = grad.scatter_add(-1, targets[:, None], -(grad_smoothed * (1.0 - smoothing) + grad_nll)[:, None])
+    return grad.to(logits.dtype)
 
 
 def plan_tokens(plan, tasks, num_tasks: int) -> torch.Tensor:

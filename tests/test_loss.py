@@ -85,3 +85,24 @@ def test_the_backward_passes_gradcheck_in_float64(monkeypatch) -> None:
     logits = torch.randn(5, 7, dtype=torch.float64, generator=generator).requires_grad_()
     targets = torch.randint(0, 7, (5,), generator=generator)
     assert torch.autograd.gradcheck(lambda x: loss._ChunkedCrossEntropy.apply(x, targets, 0.3), (logits,))
+
+
+def test_second_derivatives_gradgradcheck_in_float64(monkeypatch) -> None:
+    """Hessian-vector products (curvature, second_order) differentiate through the backward pass."""
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 7)
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 7, dtype=torch.float64, generator=generator).requires_grad_()
+    targets = torch.randint(0, 7, (5,), generator=generator)
+    assert torch.autograd.gradgradcheck(lambda x: loss._ChunkedCrossEntropy.apply(x, targets, 0.3), (logits,))
+
+
+def test_hessian_vector_products_equal_the_log_softmax_ones() -> None:
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 9, dtype=torch.float64, generator=generator).requires_grad_()
+    targets, vector = torch.randint(0, 9, (6,), generator=generator), torch.randn(6, 9, dtype=torch.float64,
+                                                                                  generator=generator)
+    products = []
+    for value in (loss.smoothed_cross_entropy(logits, targets, 0.1)[0].sum(), reference(logits, targets, 0.1)[0].sum()):
+        (gradient,) = torch.autograd.grad(value, logits, create_graph=True)
+        products.append(torch.autograd.grad((gradient * vector).sum(), logits)[0])
+    torch.testing.assert_close(products[0], products[1])
