@@ -78,21 +78,14 @@ def test_token_loss_sums_over_the_labels_and_ignores_padding() -> None:
     torch.testing.assert_close(result.smoothed_sum.double(), (smoothed * mask).sum(), rtol=1e-6, atol=1e-6)
 
 
-def test_the_backward_passes_gradcheck_in_float64(monkeypatch) -> None:
-    """Both outputs' gradients, chunked, against finite differences (float64 throughout)."""
+def test_first_and_second_derivatives_check_in_float64(monkeypatch) -> None:
+    """Both outputs' gradients, chunked, against finite differences (float64 throughout), and the
+    gradient's own derivatives: Hessian-vector products (curvature, second_order) go through it."""
     monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 7)
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(5, 7, dtype=torch.float64, generator=generator).requires_grad_()
     targets = torch.randint(0, 7, (5,), generator=generator)
     assert torch.autograd.gradcheck(lambda x: loss._ChunkedCrossEntropy.apply(x, targets, 0.3), (logits,))
-
-
-def test_second_derivatives_gradgradcheck_in_float64(monkeypatch) -> None:
-    """Hessian-vector products (curvature, second_order) differentiate through the backward pass."""
-    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 2 * 7)
-    generator = torch.Generator().manual_seed(4)
-    logits = torch.randn(5, 7, dtype=torch.float64, generator=generator).requires_grad_()
-    targets = torch.randint(0, 7, (5,), generator=generator)
     assert torch.autograd.gradgradcheck(lambda x: loss._ChunkedCrossEntropy.apply(x, targets, 0.3), (logits,))
 
 
