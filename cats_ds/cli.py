@@ -31,6 +31,8 @@ SUBCOMMANDS = {
     "sizes": "cats_ds.tools.sizes",
     "plot": "cats_ds.tools.plot",
     "mechanism": "cats_ds.tools.mechanism",
+    "compare": "cats_ds.tools.compare",
+    "overlap": "cats_ds.tools.overlap",
 }
 
 

@@ -370,10 +370,15 @@ def test_real_bible_corpus(tmp_path: Path) -> None:
         pair for bitext in french for pair in zip(bitext.src, bitext.tgt)}
 
 
-def test_own_corpus_stand_in_has_the_group_sizes_and_the_presets_verses(db_path: Path, tmp_path: Path) -> None:
+def _own_corpus_script():
     spec = importlib.util.spec_from_file_location("own_corpus_bible", REPO / "launch" / "own_corpus_bible.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_own_corpus_stand_in_has_the_group_sizes_and_the_presets_verses(db_path: Path, tmp_path: Path) -> None:
+    script = _own_corpus_script()
     out = tmp_path / "own"
     written = script.write_corpus(out, high_size=100, low_size=20, db_path=db_path)
     assert sorted(path.name for path in out.iterdir()) == sorted(path.name for path in written)   # no manifest
@@ -397,3 +402,12 @@ def test_every_preset_prepares_its_languages_with_the_low_ones_subsampled(db_pat
     assert set(counts) == {f"{lang}-en" for lang in preset.languages}
     assert all(counts[f"{lang}-en"] == 30 for lang in preset.low)
     assert all(counts[f"{lang}-en"] == train_pairs(db_path, lang) for lang in preset.high)
+
+
+def test_own_corpus_groups_parse_and_bad_ones_name_the_flag() -> None:
+    script = _own_corpus_script()
+    assert script.parse_group("fr,pt=5800") == (("fr", "pt"), 5800)
+    assert script.parse_group("vi=all") == (("vi",), None)
+    for bad in ("fr,pt", "fr=0", "=10", "fr=many"):
+        with pytest.raises(Exception, match=rf"--group '{bad}': expected LANGS=SIZE"):
+            script.parse_group(bad)

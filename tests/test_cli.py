@@ -18,7 +18,7 @@ def test_help_lists_every_subcommand_with_one_line(capsys):
     listed = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()
               if line.startswith("  ")}
     assert set(listed) == set(cli.SUBCOMMANDS) == {"train", "translate", "evaluate", "export", "study", "sweep",
-                                                    "curvature", "bench", "sizes", "plot", "mechanism"}
+                                                    "curvature", "bench", "sizes", "plot", "mechanism", "compare", "overlap"}
     assert listed["evaluate"].startswith("Score a run, a checkpoint or an export")
 
 

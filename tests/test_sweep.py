@@ -128,3 +128,26 @@ def test_mini_sweep_runs_skips_finished_jobs_and_collects(tmp_path):
     rows = [line for line in table.read_text().splitlines() if line.startswith("| tiny_")]
     assert len(rows) == 2 and not any("unfinished" in row for row in rows)
     assert len(plots) == 4
+
+
+def test_pretrained_checkpoints_join_the_presets_on_the_model_axis(tmp_path, base):
+    spec_path = _spec(tmp_path, base, pretrained={"base": str(tmp_path / "export")}, tokens_per_step=[600],
+                      methods={"cats": ["cats.enabled=true"]})
+    jobs = emit(load_spec(spec_path), spec_path, tmp_path / "sweep")
+    assert [(job.name, job.model) for job in jobs] == [("tiny_t600_cats", "tiny"), ("base_t600_cats", "base")]
+    # the checkpoint decides the architecture: the base config's preset (tiny) is reset to the default beside it
+    assert f"model.preset=cpu model.pretrained={tmp_path / 'export'} " in jobs[1].line()
+    assert json.loads((tmp_path / "sweep" / "base_t600_cats" / "sweep.json").read_text())["model"] == "base"
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"presets": [], "pretrained": {}}, "presets, pretrained: at least one model"),
+    ({"pretrained": {"tiny": "/x"}}, "pretrained.tiny: a name holds only"),
+    ({"pretrained": {"base": "a b"}}, "pretrained.base: 'a b' is not a hub id or a path without spaces"),
+    ({"overrides": ["model.pretrained=/x"]}, "model.pretrained is set by the sweep"),
+])
+def test_pretrained_spec_errors_name_the_key(tmp_path, base, keys, message):
+    spec_path = _spec(tmp_path, base, **keys)
+    with pytest.raises(ConfigError, match="spec.yaml") as err:
+        emit(load_spec(spec_path), spec_path, tmp_path / "sweep")
+    assert message in str(err.value)

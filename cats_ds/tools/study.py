@@ -22,7 +22,7 @@ log. Curvature (RUN_DIR/curvature.json, log RUN_DIR/curvature.log) is measured o
 run, at its last checkpoint, on CPU. ``emit`` and ``run`` copy the spec to DIR/study.yaml, which
 ``report`` reads.
 
-report.md, per (data variant, preset, tokens per step) group: test BLEU per direction and the
+report.md, per (data variant, model, tokens per step) group: test BLEU per direction and the
 high- and low-resource means of BLEU and chrF++ per method, as mean ± sample standard deviation
 over the finished seeds; the deltas of the low and high BLEU means against the best temperature
 baseline (the baseline with the lowest mean low-resource dev loss in the group: chosen on the dev
@@ -219,16 +219,16 @@ def _json(path: Path) -> dict | None:
 
 @dataclass
 class Group:
-    """The runs of one data variant, preset and batch size: every method and seed."""
+    """The runs of one data variant, model and batch size: every method and seed."""
 
     data: str
-    preset: str
+    model: str
     tokens: int
     runs: list[RunData]
 
     @property
     def label(self) -> str:
-        return "_".join([*([self.data] if self.data else []), self.preset, f"t{self.tokens}"])
+        return "_".join([*([self.data] if self.data else []), self.model, f"t{self.tokens}"])
 
     def finished(self, method: str) -> dict:
         """seed -> results.json of the method's finished runs."""
@@ -250,7 +250,7 @@ class Group:
 def groups_of(runs: list[RunData]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for r in runs:
-        key = (r.job.data, r.job.preset, r.job.tokens_per_step)
+        key = (r.job.data, r.job.model, r.job.tokens_per_step)
         groups.setdefault(key, Group(*key, []))
         groups[key].runs.append(r)
     return list(groups.values())
@@ -704,7 +704,9 @@ def what_was_run(spec: StudySpec, jobs: list[Job], runs: list[RunData]) -> list[
             "- Data variants: " + ("; ".join(f"{name}: {_code(o)}" for name, o in spec.data.items()) or
                                     f"the base config's (data.preset={configs[0].data.preset}, "
                                     f"data.direction={configs[0].data.direction})"),
-            "- Presets: " + "; ".join(_preset_line(p, configs, runs) for p in spec.presets),
+            "- Models: " + "; ".join([*(_preset_line(p, configs, runs) for p in spec.presets),
+                                      *(_pretrained_line(name, checkpoint, runs)
+                                        for name, checkpoint in spec.pretrained.items())]),
             "- Tokens per step: " + "; ".join(sorted({f"{j.tokens_per_step} (optim.lr={j.lr:g})" for j in jobs},
                                                      key=lambda s: int(s.split()[0])))
             + f"; learning-rate rule `{spec.lr_rule}` (cats_ds.tools.sweep)",
@@ -722,13 +724,23 @@ def what_was_run(spec: StudySpec, jobs: list[Job], runs: list[RunData]) -> list[
 
 def _preset_line(preset: str, configs, runs: list[RunData]) -> str:
     d, enc, dec, heads, ffn = PRESETS[preset]
-    counts = sorted({r.record["parameters"] for r in runs if r.record and r.job.preset == preset})
-    if counts:
-        params = f"{counts[0]:,}" + (f" to {counts[-1]:,}" if len(counts) > 1 else "") + " parameters"
-    else:
+    params = _parameters_of_runs(preset, runs)
+    if not params:
         vocab = next(c.data.vocab_size for c in configs if c.model.preset == preset)
         params = f"≈{estimate_parameters(ModelConfig(preset), vocab):,} parameters (estimated: no run started)"
     return f"{preset} (d_model {d}, layers {enc}+{dec}, heads {heads}, ffn {ffn}): {params}"
+
+
+def _pretrained_line(name: str, checkpoint: str, runs: list[RunData]) -> str:
+    return f"{name} (fine-tuned from `{checkpoint}`): {_parameters_of_runs(name, runs) or 'no run started'}"
+
+
+def _parameters_of_runs(model: str, runs: list[RunData]) -> str:
+    """The parameter counts the model's run records state, '' before any run started."""
+    counts = sorted({r.record["parameters"] for r in runs if r.record and r.job.model == model})
+    if not counts:
+        return ""
+    return f"{counts[0]:,}" + (f" to {counts[-1]:,}" if len(counts) > 1 else "") + " parameters"
 
 
 def _curvature_line(settings: CurvatureSettings, runs: list[RunData]) -> str:
@@ -775,7 +787,7 @@ def _keeps_best(r: RunData) -> bool:
 
 
 def group_section(group: Group, spec: StudySpec, out: Path, plots: list[Path]) -> list[str]:
-    title = ", ".join([*([f"data {group.data}"] if group.data else []), f"preset {group.preset}",
+    title = ", ".join([*([f"data {group.data}"] if group.data else []), f"model {group.model}",
                        f"{group.tokens} tokens/step"])
     if not any(r.results for r in group.runs):
         return [f"## {title}", "", "No finished run in this group yet.", ""]

@@ -4,12 +4,13 @@
     python -m cats_ds.tools.sweep run SPEC.yaml --out DIR      # emit, then run the jobs here (``parallel`` at a time)
     python -m cats_ds.tools.sweep collect DIR                  # DIR/results.md and DIR/plots/*.png
 
-A job is every combination of ``data`` x ``presets`` x ``tokens_per_step`` x ``seeds`` x
-``methods``; job ``[{data}_]{preset}_t{tokens}_{method}[_s{seed}]`` trains in DIR/{name}: the
+A job is every combination of ``data`` x models x ``tokens_per_step`` x ``seeds`` x
+``methods``, the models being ``presets`` and ``pretrained`` checkpoints together; job
+``[{data}_]{model}_t{tokens}_{method}[_s{seed}]`` trains in DIR/{name}: the
 ``{data}_`` prefix only when the spec has ``data`` variants, the ``_s{seed}`` suffix only when
-it has ``seeds`` (so a spec without either keeps the names ``{preset}_t{tokens}_{method}``).
+it has ``seeds`` (so a spec without either keeps the names ``{model}_t{tokens}_{method}``).
 Each jobs-file line is the base config followed by the overrides ``overrides`` (common), the
-data variant's, the method's, then ``model.preset``, ``sampling.tokens_per_step``,
+data variant's, the method's, then ``model.preset`` or ``model.pretrained``, ``sampling.tokens_per_step``,
 ``optim.lr``, ``train.seed`` (with ``seeds``) and ``train.run_dir``; launch/slurm/array.sbatch
 runs line i+1 in array task i through launch/train.sh, and ``run`` runs the same lines
 (launch/train.sh, or ``python -m cats_ds.train`` for ``processes: 1``), skipping jobs whose
@@ -23,7 +24,10 @@ config's optim.lr and sampling.tokens_per_step (after the common overrides).
 Spec keys (a YAML mapping; unknown keys and bad values are errors naming the key):
 
     base_config: cats_ds/configs/bible8_cpu.yaml   # path relative to the repository root, or absolute
-    presets: [tiny, cpu]                           # cats_ds.model presets
+    presets: [tiny, cpu]                           # cats_ds.model presets trained from scratch
+    pretrained: {}                                 # name -> checkpoint (hub id or directory) to fine-tune,
+                                                   #   e.g. {base: runs/base/export}; presets, pretrained
+                                                   #   or both (the model axis is the two together)
     tokens_per_step: [800, 1600]
     methods: {plain: [cats.enabled=false], cats: [cats.enabled=true]}   # name -> overrides (the default)
     data: {}                                       # variant name -> overrides, e.g.
@@ -67,15 +71,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from cats_ds.config import load_config  # noqa: E402
+from cats_ds.config import RunConfig, load_config  # noqa: E402
 from cats_ds.configio import ConfigError, from_dict, load_yaml  # noqa: E402
 from cats_ds.distributed import free_port  # noqa: E402
 from cats_ds.metrics import read_metrics  # noqa: E402
-from cats_ds.model import PRESETS  # noqa: E402
+from cats_ds.model import ARCHITECTURE_KEYS, PRESETS, ModelConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LR_EXPONENTS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}
-SWEEP_KEYS = ("model.preset", "sampling.tokens_per_step", "optim.lr", "train.run_dir")  # set per job
+SWEEP_KEYS = ("model.preset", "model.pretrained", "sampling.tokens_per_step", "optim.lr", "train.run_dir")  # set per job
 SEED_KEY = "train.seed"                                     # set per job where the spec has seeds
 JOBS_FILE, JOB_INFO, RESULTS_TABLE = "jobs.txt", "sweep.json", "results.md"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -84,8 +88,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 @dataclass
 class SweepSpec:
     base_config: str
-    presets: list[str]
     tokens_per_step: list[int]
+    presets: list[str] = field(default_factory=list)
+    pretrained: dict[str, str] = field(default_factory=dict)
     methods: dict[str, list[str]] = field(
         default_factory=lambda: {"plain": ["cats.enabled=false"], "cats": ["cats.enabled=true"]})
     lr_rule: Literal["sqrt", "linear", "none"] = "sqrt"
@@ -98,10 +103,19 @@ class SweepSpec:
     parallel: int = 1
 
     def __post_init__(self) -> None:
-        _check_list("presets", self.presets)
+        if not self.presets and not self.pretrained:
+            raise ValueError("presets, pretrained: at least one model is needed (a preset or a checkpoint)")
+        if self.presets:
+            _check_list("presets", self.presets)
         for i, preset in enumerate(self.presets):
             if preset not in PRESETS:
                 raise ValueError(f"presets[{i}]: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        for name, checkpoint in self.pretrained.items():
+            if not _NAME.match(name) or name in self.presets:
+                raise ValueError(f"pretrained.{name}: a name holds only letters, digits, '_', '.', '-' and is "
+                                 "not also a preset's")
+            if not checkpoint or any(c.isspace() for c in checkpoint):
+                raise ValueError(f"pretrained.{name}: {checkpoint!r} is not a hub id or a path without spaces")
         _check_list("tokens_per_step", self.tokens_per_step)
         if min(self.tokens_per_step) < 1:
             raise ValueError(f"tokens_per_step: values must be >= 1, got {self.tokens_per_step}")
@@ -123,6 +137,16 @@ class SweepSpec:
         if self.parallel < 1:
             raise ValueError(f"parallel: must be >= 1 (jobs at a time), got {self.parallel}")
 
+    def models(self, common: RunConfig) -> dict[str, list[str]]:
+        """The model axis: each model's name -> the overrides that select it. A checkpoint decides its
+        own architecture and dropout, so its jobs reset the ones the common config sets (for the
+        presets' jobs) to their defaults, which model.pretrained accepts beside it."""
+        defaults = ModelConfig()
+        reset = [f"model.{key}={getattr(defaults, key)}" for key in ARCHITECTURE_KEYS
+                 if getattr(common.model, key) != getattr(defaults, key)]
+        return {**{preset: [f"model.preset={preset}"] for preset in self.presets},
+                **{name: [*reset, f"model.pretrained={checkpoint}"] for name, checkpoint in self.pretrained.items()}}
+
 
 def _check_list(key: str, values: list) -> None:
     if not values:
@@ -139,7 +163,7 @@ def _check_overrides(key: str, overrides: list[str], reserved: tuple[str, ...] =
                              "separates words by spaces)")
         if name in reserved:
             raise ValueError(f"{key}[{i}]: {name} is set by the sweep for every job; use presets, "
-                             "tokens_per_step, base_lr, seeds or --out instead")
+                             "pretrained, tokens_per_step, base_lr, seeds or --out instead")
 
 
 def load_spec(path: Path, cls: type = SweepSpec):
@@ -158,7 +182,7 @@ def load_spec(path: Path, cls: type = SweepSpec):
 class Job:
     name: str
     method: str
-    preset: str
+    model: str                  # a preset's name, or a pretrained checkpoint's name in the spec
     tokens_per_step: int
     lr: float
     config: str                 # absolute path of the base config
@@ -172,14 +196,14 @@ class Job:
 
     def info(self) -> dict:
         """What DIR/{name}/sweep.json records for collect and the study report."""
-        return {"method": self.method, "preset": self.preset, "tokens_per_step": self.tokens_per_step,
+        return {"method": self.method, "model": self.model, "tokens_per_step": self.tokens_per_step,
                 "lr": self.lr, "data": self.data, "seed": self.seed}
 
 
-def job_name(data: str, preset: str, tokens: int, method: str, seed: int | None) -> str:
-    """[{data}_]{preset}_t{tokens}_{method}[_s{seed}]: the parts a spec without data variants or
+def job_name(data: str, model: str, tokens: int, method: str, seed: int | None) -> str:
+    """[{data}_]{model}_t{tokens}_{method}[_s{seed}]: the parts a spec without data variants or
     seeds does not vary are left out."""
-    return "_".join([*([data] if data else []), preset, f"t{tokens}", method,
+    return "_".join([*([data] if data else []), model, f"t{tokens}", method,
                      *([f"s{seed}"] if seed is not None else [])])
 
 
@@ -201,20 +225,21 @@ def plan_jobs(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
     base_lr = spec.base_lr or common.optim.lr
     base_tokens = spec.base_tokens_per_step or common.sampling.tokens_per_step
     jobs: dict[str, Job] = {}
-    for data, preset, tokens, seed, method in itertools.product(
-            spec.data or [""], spec.presets, spec.tokens_per_step, spec.seeds or [None], spec.methods):
-        name = job_name(data, preset, tokens, method, seed)
+    models = spec.models(common)
+    for data, model, tokens, seed, method in itertools.product(
+            spec.data or [""], models, spec.tokens_per_step, spec.seeds or [None], spec.methods):
+        name = job_name(data, model, tokens, method, seed)
         if name in jobs:
             raise ConfigError(f"{spec_path}: two jobs are named {name}; rename a data variant or method")
         lr = _round(base_lr * (tokens / base_tokens) ** LR_EXPONENTS[spec.lr_rule])
-        overrides = [*spec.overrides, *spec.data.get(data, []), *spec.methods[method], f"model.preset={preset}",
+        overrides = [*spec.overrides, *spec.data.get(data, []), *spec.methods[method], *models[model],
                      f"sampling.tokens_per_step={tokens}", f"optim.lr={_yaml_scalar(lr)}",
                      *([f"{SEED_KEY}={seed}"] if seed is not None else []), f"train.run_dir={out / name}"]
         try:
             load_config(base, overrides)
         except (ConfigError, ValueError) as err:
             raise ConfigError(f"{spec_path}: job {name}: {err}") from None
-        jobs[name] = Job(name, method, preset, tokens, lr, str(base), overrides, out / name, data, seed)
+        jobs[name] = Job(name, method, model, tokens, lr, str(base), overrides, out / name, data, seed)
     return list(jobs.values())
 
 
@@ -228,7 +253,7 @@ def _yaml_scalar(value: float) -> str:
 
 
 def emit(spec: SweepSpec, spec_path: Path, out: Path) -> list[Job]:
-    """Writes DIR/jobs.txt and each job's DIR/{name}/sweep.json (method, preset, lr: for collect)."""
+    """Writes DIR/jobs.txt and each job's DIR/{name}/sweep.json (method, model, lr: for collect)."""
     jobs = plan_jobs(spec, spec_path, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / JOBS_FILE).write_text("".join(job.line() + "\n" for job in jobs))
@@ -344,7 +369,7 @@ def prepare_data(jobs: list[Job]) -> None:
 class RunSummary:
     name: str
     method: str
-    preset: str
+    model: str                  # the preset, or the pretrained checkpoint's name in the spec
     parameters: int
     tokens_per_step: int
     lr: float
@@ -374,7 +399,8 @@ def summarize(run_dir: Path) -> RunSummary | None:
     return RunSummary(
         name=run_dir.name,
         method=info.get("method", "cats" if config["cats"]["enabled"] else "plain"),
-        preset=config["model"]["preset"], parameters=runs[-1]["parameters"],
+        model=info.get("model") or config["model"].get("pretrained") or config["model"]["preset"],
+        parameters=runs[-1]["parameters"],
         tokens_per_step=config["sampling"]["tokens_per_step"], lr=config["optim"]["lr"],
         steps=train[-1]["step"] if train else 0,
         train_loss=train[-1]["loss"] if train else float("nan"),
@@ -387,13 +413,13 @@ COLUMNS = (("dev loss", "dev_loss"), ("dev loss (low)", "dev_loss_low"), ("BLEU"
 
 
 def results_table(rows: list[RunSummary]) -> str:
-    lines = ["| run | method | preset | parameters | tokens/step | lr | steps | train loss | tokens/s | "
+    lines = ["| run | method | model | parameters | tokens/step | lr | steps | train loss | tokens/s | "
              + " | ".join(title for title, _ in COLUMNS) + " |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(COLUMNS)]
     for row in rows:
         finished = [f"{row.value(key):.3f}" if key.startswith("dev") else f"{row.value(key):.2f}"
                     for _, key in COLUMNS] if row.results else ["unfinished"] + [""] * (len(COLUMNS) - 1)
-        cells = [row.name, row.method, row.preset, f"{row.parameters:,}", str(row.tokens_per_step), f"{row.lr:.4g}",
+        cells = [row.name, row.method, row.model, f"{row.parameters:,}", str(row.tokens_per_step), f"{row.lr:.4g}",
                  str(row.steps), f"{row.train_loss:.3f}", f"{row.tokens_per_second:.0f}", *finished]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -408,7 +434,7 @@ def plot_scaling(rows: list[RunSummary], out_dir: Path) -> list[Path]:
         written.append(_lines(out_dir / f"{key}_vs_parameters.png", finished, "parameters",
                               lambda r: (r.method, f"{r.tokens_per_step} tokens/step"), key, ylabel))
         written.append(_lines(out_dir / f"{key}_vs_tokens_per_step.png", finished, "tokens_per_step",
-                              lambda r: (r.method, r.preset), key, ylabel))
+                              lambda r: (r.method, r.model), key, ylabel))
     return written
 
 
