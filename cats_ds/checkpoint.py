@@ -6,6 +6,7 @@ Layout of ``RUN_DIR/checkpoints``::
     step00000500.partial/    a save in progress (or one a crash interrupted): never loaded
     step00000500.universal/  made from step00000500 when a run resumes at another world size
     step00000500.corrupt/    one that failed verification when a run resumed: set aside, never loaded
+    step00000500.replaced/   an earlier attempt's, found where this run saves its step 500: set aside
     latest                   names the newest complete checkpoint
     best                     names the best one by eval.best_metric
 
@@ -15,7 +16,8 @@ A save is a commit: every rank writes into ``TAG.partial``; rank 0 then writes t
 the previous checkpoint complete and named by ``latest``. Resume verifies the manifest; a
 checkpoint with a missing, truncated or altered file is reported and skipped in favour of the
 newest older one that verifies, and set aside (renamed ``TAG.corrupt``) so that reaching its
-step again writes fresh state. Rank 0 reads every rank's files, so multi-node runs need a
+step again writes fresh state; so is every checkpoint newer than the one resumed from that fails.
+A save never adopts a directory it did not write (or resume from). Rank 0 reads every rank's files, so multi-node runs need a
 shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
@@ -54,7 +56,7 @@ from cats_ds.data.sampler import reshard_states
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PARTIAL, UNIVERSAL, CORRUPT = ".partial", ".universal", ".corrupt"
+PARTIAL, UNIVERSAL, CORRUPT, REPLACED = ".partial", ".universal", ".corrupt", ".replaced"
 _FULL_BELOW = 16 << 20   # bytes free after a failed write that mean the file system is full
 LATEST, BEST = "latest", "best"
 # ds_to_universal refuses checkpoints without this client-state key; a plain data-parallel
@@ -82,16 +84,24 @@ class ResumePoint:
 # saving
 
 
+# the checkpoints this process saved or resumed from: the only existing ones save() re-points to
+_OURS: set[Path] = set()
+
+
 def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> str:
     """Saves step ``step`` atomically and points ``latest`` at it; all ranks must call it.
 
-    A complete checkpoint of the same step is already this state (training is deterministic),
-    so it is only re-pointed to, never rewritten.
+    A checkpoint of the same step that this process saved or resumed from is already this state
+    (training is deterministic), so it is only re-pointed to, never rewritten. One it finds from
+    an earlier attempt is never adopted: it is set aside as ``TAG.replaced`` and written afresh.
     """
     tag = step_tag(step)
-    if _is_complete(directory / tag):
+    target = (directory / tag).absolute()
+    if target in _OURS and _is_complete(target):
         _commit_pointer(directory, LATEST, tag)
         return tag
+    if distributed.rank() == 0 and target.exists():
+        _set_aside(target, REPLACED, "an earlier attempt's, neither saved nor resumed from by this run")
     partial = directory / (tag + PARTIAL)
     if distributed.rank() == 0 and partial.exists():
         shutil.rmtree(partial)                  # left by a save that crashed
@@ -107,6 +117,7 @@ def save(engine, directory: Path, step: int, client_state: dict[str, Any]) -> st
         partial.rename(directory / tag)
         _atomic_write(directory / LATEST, tag + "\n")
     distributed.barrier()
+    _OURS.add(target)
     return tag
 
 
@@ -247,8 +258,11 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
             continue
         if checkpoint.name != latest:
             log.warning("resuming from %s although latest names %s", checkpoint.name, latest)
+        # newer ones than latest were not tried: those that fail are set aside as well
+        unusable += [newer for newer in candidates if newer.name > checkpoint.name and newer not in unusable
+                     and not _verifies(newer)]
         for damaged in unusable:
-            _set_aside(damaged)
+            _set_aside(damaged, CORRUPT, "it failed verification")
         saved = int(manifest["world_size"])
         if saved == distributed.world_size():
             return ResumePoint(checkpoint.name, saved)
@@ -259,17 +273,30 @@ def _choose_on_rank0(directory: Path) -> ResumePoint | None:
     return None
 
 
-def _set_aside(checkpoint: Path) -> None:
-    """Renames a checkpoint that failed verification to ``TAG.corrupt`` (``.corrupt2``, ... when
-    that exists), so that reaching its step again writes fresh state; kept for inspection, never
-    loaded or pruned. Only done once an older checkpoint verifies: with none, the run stops
+def _set_aside_name(name: str) -> bool:
+    return CORRUPT in name or REPLACED in name
+
+
+def _verifies(checkpoint: Path) -> bool:
+    try:
+        verify(checkpoint)
+        return True
+    except ValueError as err:
+        log.error("checkpoint not usable: %s", err)
+        return False
+
+
+def _set_aside(checkpoint: Path, suffix: str, why: str) -> None:
+    """Renames a checkpoint to ``TAG{suffix}`` (``{suffix}2``, ... when that exists), so that
+    reaching its step again writes fresh state; kept for inspection, never loaded or pruned.
+    Corrupt ones are set aside only once an older checkpoint verifies: with none, the run stops
     instead of starting from scratch."""
-    names = (checkpoint.with_name(f"{checkpoint.name}{CORRUPT}{n if n > 1 else ''}") for n in itertools.count(1))
+    names = (checkpoint.with_name(f"{checkpoint.name}{suffix}{n if n > 1 else ''}") for n in itertools.count(1))
     target = next(name for name in names if not name.exists())
     checkpoint.rename(target)
     shutil.rmtree(checkpoint.with_name(checkpoint.name + UNIVERSAL), ignore_errors=True)  # made from it
-    log.error("%s set aside as %s: it is never loaded, and its step is saved afresh when training reaches it",
-              checkpoint, target.name)
+    log.error("%s set aside as %s (%s): it is never loaded, and its step is saved afresh when training "
+              "reaches it", checkpoint, target.name, why)
 
 
 def _universal_copy(checkpoint: Path) -> Path:
@@ -314,7 +341,7 @@ def prune(directory: Path, keep_last: int) -> None:
         complete = [p for p in step_checkpoints(directory) if _is_complete(p)]
         keep.update(p.name for p in complete[:keep_last])
         for path in directory.glob("step*"):
-            if path.is_dir() and path.name.split(".")[0] not in keep and CORRUPT not in path.name:
+            if path.is_dir() and path.name.split(".")[0] not in keep and not _set_aside_name(path.name):
                 shutil.rmtree(path, ignore_errors=True)
                 log.info("removed checkpoint %s", path.name)
     distributed.barrier()
@@ -332,6 +359,7 @@ def save_run(run, directory: Path) -> str:
 def resume_run(run, directory: Path, point: ResumePoint) -> None:
     """Loads checkpoint ``point`` (from choose_resume) into ``run``'s engine and continues ``run`` from it."""
     restore_run(run, load(run.engine, directory, point.tag), directory / point.tag)
+    _OURS.add((directory / point.tag.removesuffix(UNIVERSAL)).absolute())
     log.info("resumed from %s at step %d (saved by %d ranks)", directory / point.tag, run.step, point.saved_world_size)
 
 

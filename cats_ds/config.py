@@ -116,6 +116,9 @@ class Range:
 _POSITIVE, _NON_NEGATIVE, _AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
 _PROBABILITY, _SEED = Range(0, 1, high_open=True), Range(0, 2 ** 32 - 1)   # numpy seeds are 32-bit
 _PRESET_OR_SIZE = Range(-1)    # model sizes: 0 or -1 keep the preset's value
+# p_n ~ size_n^(1/T) > 0 for every task (each runs in every step): at T >= 0.1 even sizes 1 and
+# 1e9 give p > 1e-90; below, a small task's probability underflows to 0 and the sampler refuses
+_SAMPLING_TEMPERATURE = Range(0.1)
 
 # every numeric key of RunConfig and its valid values, checked at start (a list's range holds
 # for each element); tests/test_config.py checks that no numeric key is missing
@@ -125,7 +128,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.d_model": _PRESET_OR_SIZE, "model.encoder_layers": _PRESET_OR_SIZE, "model.decoder_layers": _PRESET_OR_SIZE,
     "model.attention_heads": _PRESET_OR_SIZE, "model.ffn_dim": _PRESET_OR_SIZE, "model.dropout": _PROBABILITY,
     "model.attention_dropout": _PROBABILITY,
-    "sampling.temperature": _POSITIVE, "sampling.tokens_per_step": _AT_LEAST_ONE,
+    "sampling.temperature": _SAMPLING_TEMPERATURE, "sampling.tokens_per_step": _AT_LEAST_ONE,
     "sampling.max_tokens_per_micro": _AT_LEAST_ONE, "sampling.sort_block": _AT_LEAST_ONE,
     "optim.lr": _POSITIVE, "optim.warmup_steps": _NON_NEGATIVE, "optim.betas": _PROBABILITY, "optim.eps": _POSITIVE,
     "optim.weight_decay": _NON_NEGATIVE, "optim.label_smoothing": _PROBABILITY, "optim.clip_norm": _NON_NEGATIVE,

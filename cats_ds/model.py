@@ -10,12 +10,16 @@ brings its own architecture and its family's layout (cats_ds/pretrained.py, cats
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
 from cats_ds import pretrained
+
+log = logging.getLogger(__name__)
 
 # name -> (d_model, encoder layers, decoder layers, heads, ffn dim)
 PRESETS: dict[str, tuple[int, int, int, int, int]] = {
@@ -105,17 +109,42 @@ def build_model(hf_config: M2M100Config, seed: int,
     return model
 
 
-def load_pretrained_config(config: ModelConfig, max_len: int):
+def load_pretrained_config(config: ModelConfig, max_len: int, max_len_auto: bool = False):
     """model.pretrained's transformers config, or None without one; refuses a data.max_len longer
-    than the checkpoint's positions."""
+    than the checkpoint's positions, unless it is data.max_len_auto's cap (fit_max_len lowers it)."""
     if not config.pretrained:
         return None
     hf_config = pretrained.load_config(config.pretrained, config.revision)
-    positions = getattr(hf_config, "max_position_embeddings", None)   # T5's relative positions have no limit
-    if positions is not None and max_len + 2 > positions:
-        raise ValueError(f"data.max_len={max_len}: {config.pretrained} has {positions} positions; set "
-                         f"data.max_len <= {positions - 2}")
+    longest = longest_sentence(hf_config)
+    if longest is not None and max_len > longest and not max_len_auto:
+        raise ValueError(f"data.max_len={max_len}: {config.pretrained} has {hf_config.max_position_embeddings} "
+                         f"positions; set data.max_len <= {longest}, or data.max_len_auto: true")
     return hf_config
+
+
+# model types whose sinusoidal positions are recomputed for any length (transformers'
+# M2M100SinusoidalPositionalEmbedding): NLLB-200, M2M100 and cats-ds's own models
+EXTENDING_POSITIONS = frozenset({"m2m_100"})
+
+
+def longest_sentence(hf_config) -> int | None:
+    """The most tokens a sentence may have in the checkpoint's learned or fixed positions (two for
+    the language tag and eos); None where any length fits: relative positions (T5) or sinusoidal
+    ones computed on demand (EXTENDING_POSITIONS)."""
+    positions = getattr(hf_config, "max_position_embeddings", None)
+    if positions is None or hf_config.model_type in EXTENDING_POSITIONS:
+        return None
+    return positions - 2
+
+
+def fit_max_len(max_len: int, hf_config) -> int:
+    """data.max_len_auto's cap, lowered to what the checkpoint's positions hold."""
+    longest = longest_sentence(hf_config)
+    if longest is None or max_len <= longest:
+        return max_len
+    log.info("data.max_len_auto: the cap data.max_len=%d is lowered to %d, the checkpoint's %d positions",
+             max_len, longest, hf_config.max_position_embeddings)
+    return longest
 
 
 def load_pretrained_tokenizer(config: ModelConfig, hf_config):

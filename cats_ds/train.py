@@ -34,6 +34,7 @@ from cats_ds import checkpoint, distributed, placement, rundir
 from cats_ds.cats.hook import CATSHook
 from cats_ds.config import RunConfig, from_command_line
 from cats_ds.data import pipeline
+from cats_ds.data.bible import BibleSourceError
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData, collate
 from cats_ds.engine import build_engine, model_dtype, run_ds_config
@@ -41,7 +42,8 @@ from cats_ds.evaluate import METRICS, dev_losses, evaluate_bleu
 from cats_ds.export import decoding_limit, export_model
 from cats_ds.loss import plan_tokens, token_loss
 from cats_ds.metrics import MetricsWriter
-from cats_ds.model import count_parameters, describe, load_pretrained_config, load_pretrained_tokenizer, make_model
+from cats_ds.model import (count_parameters, describe, fit_max_len, load_pretrained_config, load_pretrained_tokenizer,
+                           make_model)
 from cats_ds.nonfinite import NonFiniteGuard
 from cats_ds.results import bleu_summary, write_results
 from cats_ds.stopping import Stopping
@@ -152,8 +154,14 @@ def refuse_another_pretrained(config: RunConfig, run_dir: Path) -> None:
                              f"value, or start a new run in another train.run_dir")
 
 
+def local_processes() -> int:
+    """Processes of this run on this machine: the deepspeed launcher's LOCAL_SIZE, torchrun's
+    LOCAL_WORLD_SIZE, or 1."""
+    return int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+
+
 def _set_threads(config: RunConfig) -> None:
-    threads = config.train.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_SIZE", "1")))
+    threads = config.train.threads or max(1, (os.cpu_count() or 1) // local_processes())
     torch.set_num_threads(threads)
     # denormal floats make CPU matmuls several times slower late in training
     torch.set_flush_denormal(True)
@@ -222,12 +230,24 @@ def parse_args(argv: list[str] | None) -> RunConfig:
     return from_command_line(argv, prog="python -m cats_ds.train", description=__doc__.split("\n\n")[0])
 
 
+# refusals and bad input (config keys, corpus files, tokenizer settings, checkpoints' settings,
+# a busy run directory): one line from rank 0, not a traceback from every rank
+REFUSALS = (ValueError, rundir.RunDirectoryBusy, BibleSourceError)
+TRACEBACK_ENV = "CATS_DS_TRACEBACK"   # =1: raise them with their traceback instead
+
+
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
     distributed.init()
     try:
         with rundir.owned(config.train.run_dir):
             return train(config)
+    except REFUSALS as error:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        if distributed.rank() == 0:
+            print(f"error: {error} (run with {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     finally:
         distributed.shutdown()
 
@@ -241,11 +261,10 @@ def train(config: RunConfig) -> dict:
     _set_threads(config)
     run_dir = Path(config.train.run_dir)
     refuse_another_pretrained(config, run_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    pretrained_config = load_pretrained_config(config.model, config.data.max_len, config.data.max_len_auto)
+    if pretrained_config is not None:   # data.max_len_auto's cap within the positions: config.yaml records it
+        config.data.max_len = fit_max_len(config.data.max_len, pretrained_config)
 
-    pretrained_config = load_pretrained_config(config.model, config.data.max_len)
     data = prepare_data(config, pretrained_config and load_pretrained_tokenizer(config.model, pretrained_config))
     tokenizer = data.tokenizer
     ds_config = run_ds_config(config)
@@ -272,6 +291,9 @@ def train(config: RunConfig) -> dict:
 
     if resume:
         checkpoint.resume_run(run, checkpoints, resume)
+    if rank == 0:   # only now: a start refused or failed above leaves the run's record as it was
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
     writer = MetricsWriter(run_dir, rank == 0, start_step=run.step)
     record = {"tasks": data.task_names, "low_resource": sorted(data.low_resource), "cats": config.cats.enabled,

@@ -18,6 +18,7 @@ export DS_ACCELERATOR=cpu
 CORPUS=$OUT/corpus
 [ -d "$CORPUS" ] || $PY launch/own_corpus_bible.py "$CORPUS" --group fr,pt=5800 --group ro,vi=600 --allow-restricted
 $PY -m cats_ds.tools.overlap --train "$BASE_DATA" --test "$CORPUS" --strict | tee "$OUT/overlap.md"
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT   # a failed run stops the other
 recipe=(--config cats_ds/configs/own_corpus_cpu.yaml "data.local_dir=$CORPUS" 'data.low_resource=[ro-en, vi-en]'
         train.threads=1 "train.max_minutes=$MINUTES" train.max_steps=1000000)
 $PY -m cats_ds.train "${recipe[@]}" "model.pretrained=$EXPORT" "train.run_dir=$OUT/from-export" \

@@ -64,8 +64,8 @@ def test_variants_on_the_tiny_preset_time_each_and_the_curvature_term(tmp_path):
     assert len(variants["second_order"]["curvature_s"]) == 2 and variants["second_order"]["curvature_every"] == 2
     assert all(seconds > 0 for seconds in variants["second_order"]["curvature_s"])
     assert variants["reimpl_softmax"]["curvature_s"] == []
-    # M is 2N = 16 extra dev passes: a second_order step costs more than plain's on average
-    assert variants["second_order"]["step_s"] > variants["plain"]["step_s"]
+    # (which variant is slower is the benchmark's to print, not this test's: wall-clock order flips
+    # on a loaded machine)
 
 
 def test_variant_names_put_plain_first_and_name_the_unknown():

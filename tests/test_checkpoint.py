@@ -114,6 +114,41 @@ def test_a_checkpoint_damaged_twice_is_set_aside_twice(engine, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step00000002*")) == ["step00000002.corrupt", "step00000002.corrupt2"]
 
 
+def test_a_damaged_checkpoint_newer_than_latest_is_set_aside_too(engine, tmp_path):
+    """latest at step 4, step 8 damaged (issue 29 part 2): resuming from 4 sets 8 aside, so that
+    reaching step 8 writes it afresh and pruning step 4 leaves a checkpoint that verifies."""
+    train_and_save(engine, tmp_path, 4)
+    tag = train_and_save(engine, tmp_path, 8)
+    (tmp_path / tag / checkpoint.MANIFEST).write_text("{not json")
+    (tmp_path / "latest").write_text("step00000004\n")
+    assert loaded_step(engine, tmp_path) == 4
+    assert (tmp_path / f"{tag}.corrupt").is_dir() and not (tmp_path / tag).exists()
+    train_and_save(engine, tmp_path, 8)
+    checkpoint.prune(tmp_path, keep_last=1)
+    assert checkpoint.verify(tmp_path / tag)["step"] == 8 and loaded_step(engine, tmp_path) == 8
+
+
+def test_a_save_never_adopts_a_checkpoint_it_did_not_write(engine, tmp_path, monkeypatch):
+    """A complete step N left by an earlier attempt (a newer one than latest names) is set aside
+    as TAG.replaced and written afresh; the checkpoint a run resumed from is only re-pointed to."""
+    train_and_save(engine, tmp_path, 1)
+    tag = train_and_save(engine, tmp_path, 2)
+    (tmp_path / "latest").write_text("step00000001\n")
+    monkeypatch.setattr(checkpoint, "_OURS", set())          # a new process
+    point = checkpoint.choose_resume(tmp_path)
+    assert point.tag == "step00000001"
+    checkpoint._OURS.add((tmp_path / point.tag).absolute())   # as resume_run records it
+    before = (tmp_path / tag / checkpoint.MANIFEST).read_text()
+    assert train_and_save(engine, tmp_path, 2) == tag
+    assert (tmp_path / f"{tag}.replaced" / checkpoint.MANIFEST).read_text() == before
+    assert checkpoint.verify(tmp_path / tag)["step"] == 2
+    resumed = (tmp_path / "step00000001" / checkpoint.MANIFEST).stat().st_mtime_ns
+    checkpoint.save(engine, tmp_path, 1, {"step": 1, "per_rank": {}})
+    assert (tmp_path / "step00000001" / checkpoint.MANIFEST).stat().st_mtime_ns == resumed
+    checkpoint.prune(tmp_path, keep_last=1)
+    assert (tmp_path / f"{tag}.replaced").is_dir()
+
+
 def test_no_verifiable_checkpoint_is_an_error_not_a_fresh_start(engine, tmp_path):
     tag = train_and_save(engine, tmp_path, 1)
     (tmp_path / tag / checkpoint.MANIFEST).write_text("{not json")

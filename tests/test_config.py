@@ -175,7 +175,8 @@ def test_every_numeric_key_refuses_a_value_below_its_range(key):
     "optim.lr=.inf", "optim.lr=.nan", "optim.lr=-0.001", "optim.eps=.inf", "optim.eps=-0.001", "optim.eps=.nan",
     "optim.weight_decay=-0.1", "optim.weight_decay=.inf", "optim.clip_norm=.inf", "optim.clip_norm=-1",
     "optim.clip_norm=.nan", "train.max_minutes=.inf", "train.max_minutes=.nan", "train.max_minutes=-5",
-    "sampling.temperature=.inf", "sampling.temperature=.nan", "optim.betas=[0.9, 1.0]", "model.dropout=1.0",
+    "sampling.temperature=.inf", "sampling.temperature=.nan", "sampling.temperature=0.001",
+    "optim.betas=[0.9, 1.0]", "model.dropout=1.0",
     "train.seed=-1", "data.seed=4294967296", "cats.ema_decay=1.0",
 ])
 def test_meaningless_numbers_are_refused_at_start_naming_the_key(override):

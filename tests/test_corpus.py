@@ -17,6 +17,7 @@ from cats_ds.data.corpus import (
     manifest_matches,
     read_split,
     remove_manifest_files,
+    unread_files,
     write_direction,
     write_manifest,
 )
@@ -282,3 +283,26 @@ def test_unrecognised_corpus_files_are_refused_by_name_with_the_expected_pattern
     split = name.split(".")[0]
     with pytest.raises(CorpusError, match=re.escape(str(tmp_path / name)) + f".*{split}\\.SRC-TGT\\.tsv"):
         read_split(tmp_path, split)
+
+
+@pytest.mark.parametrize("name", ["train-de-en.tsv", "train_de-en.tsv", "Train.de-en.tsv", "VALID.de-en.tsv"])
+def test_files_named_like_data_in_another_form_are_refused_not_dropped(tmp_path: Path, name: str) -> None:
+    """A direction in a file whose name differs from split.SRC-TGT only in case or separator would
+    silently not be trained on (issue 29 part 3)."""
+    for split in ("train", "valid", "test"):
+        write_bytes(tmp_path / f"{split}.fr-en.tsv", b"a\tb\n")
+    write_bytes(tmp_path / name, b"a\tb\n")
+    with pytest.raises(CorpusError, match=re.escape(str(tmp_path / name)) + ".*named like corpus data.*"
+                                          r"train\.SRC-TGT\.tsv"):
+        unread_files(tmp_path)
+
+
+def test_every_file_not_read_is_reported_with_why(tmp_path: Path) -> None:
+    for split in ("train", "valid", "test"):
+        write_bytes(tmp_path / f"{split}.fr-en.tsv", b"a\tb\n")
+    write_bytes(tmp_path / "valid.de-en.tsv", b"a\tb\n")    # no train data for de-en
+    write_bytes(tmp_path / "README.md", b"notes")
+    write_bytes(tmp_path / "manifest.json", b"{}")
+    write_bytes(tmp_path / ".train.it-en.tsv.tmp1", b"a\tb\n")   # hidden: a write in progress
+    assert unread_files(tmp_path) == [(tmp_path / "README.md", "not a corpus file"),
+                                      (tmp_path / "valid.de-en.tsv", "no train data for de-en")]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from cats_ds import pretrained
 from cats_ds.config import ConfigError, load_config
 from cats_ds.families import LanguageCodeError
 from cats_ds.families.nllb import ISO_TO_FLORES, NLLB
+from cats_ds.model import ModelConfig, fit_max_len, load_pretrained_config
 from pretrained_fixtures import SENTENCES, build_tiny_model
 
 SOURCE, TARGET = SENTENCES["en"][1], SENTENCES["fr"][1]
@@ -145,6 +146,28 @@ def test_preset_keys_beside_pretrained_are_refused() -> None:
     with pytest.raises(ConfigError, match="model.pretrained=x is set together with model.preset, model.d_model"):
         load_config(None, ["model.pretrained=x", "model.preset=tiny", "model.d_model=64"])
     assert load_config(None, ["model.pretrained=x"]).model.pretrained == "x"
+
+
+@pytest.mark.parametrize("family, limited", [("mbart50", True), ("marian", True), ("nllb", False), ("mt5", False)])
+def test_max_len_beyond_the_positions_is_refused_unless_it_is_the_automatic_choices_cap(models, family,
+                                                                                        limited) -> None:
+    """Learned (mBART) and fixed sinusoidal (Marian) positions limit the length; NLLB/M2M100's
+    sinusoidal positions are computed for any length and T5's are relative."""
+    model = ModelConfig(pretrained=str(models[family]))
+    hf_config = load_pretrained_config(model, 10_000, max_len_auto=True)
+    longest = hf_config.max_position_embeddings - 2 if limited else 10_000
+    assert fit_max_len(10_000, hf_config) == longest
+    assert fit_max_len(8, hf_config) == 8
+    if limited:
+        with pytest.raises(ValueError, match=rf"data.max_len=10000: .* has {longest + 2} positions; set "
+                                             rf"data.max_len <= {longest}, or data.max_len_auto: true"):
+            load_pretrained_config(model, 10_000)
+    else:
+        assert load_pretrained_config(model, 10_000) is not None
+    if family == "nllb":    # and a sentence longer than max_position_embeddings runs through it
+        net = AutoModelForSeq2SeqLM.from_pretrained(models[family]).eval()
+        ids = torch.full((1, hf_config.max_position_embeddings + 10), 5)
+        assert net(input_ids=ids, decoder_input_ids=ids).logits.shape[1] == ids.shape[1]
 
 
 def test_corpus_files_may_be_named_in_the_model_codes(tmp_path: Path, models) -> None:

@@ -58,6 +58,8 @@ def test_temperature_probs_values():
     ratio = math.exp(1000 * math.log(1_000_000 / 999_000))
     np.testing.assert_allclose(sharp, [ratio / (1 + ratio), 1 / (1 + ratio)])
     assert temperature_probs([5, 0, 5], 5.0).tolist() == [0.5, 0.0, 0.5]
+    # the lowest temperature the config accepts (cats_ds/config.py) keeps every task's share above 0
+    assert temperature_probs([1, 10 ** 9], 0.1)[0] > 0
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])

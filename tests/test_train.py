@@ -119,6 +119,14 @@ def test_single_plain_process_without_launcher(workspace):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(read_metrics(root / "plain" / "metrics.jsonl", "train")) == 3
     assert "cats" not in read_metrics(root / "plain" / "metrics.jsonl", "train")[-1]
+    # rerun with another learning rate: refused, and the finished run's config.yaml is left as it was
+    record = (root / "plain" / "config.yaml").read_bytes()
+    refused = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(config), "optim.lr=0.001",
+                              "train.max_steps=4"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert refused.returncode == 2 and "optim.lr: saved 0.005, now 0.001" in refused.stderr.splitlines()[-1]
+    assert "Traceback" not in refused.stderr     # one line, not a traceback (CATS_DS_TRACEBACK=1 gives one)
+    assert (root / "plain" / "config.yaml").read_bytes() == record
 
 
 def test_print_config_exits_before_data_preparation_and_distributed_start(workspace):
@@ -201,3 +209,15 @@ def test_training_continues_from_a_cats_ds_export(trained, workspace):
     first = read_metrics(root / "continued" / "metrics.jsonl", "train")[0]["loss"]
     exported = [r["loss"] for r in read_metrics(trained / "metrics.jsonl", "train")]
     assert first < np.mean(exported[:5]) and abs(first - np.mean(exported[-5:])) < 0.5 * np.mean(exported[:5])
+
+
+@pytest.mark.parametrize("env, processes", [({}, 1), ({"LOCAL_SIZE": "2"}, 2), ({"LOCAL_WORLD_SIZE": "4"}, 4),
+                                            ({"LOCAL_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, 2)])
+def test_threads_are_shared_among_the_launchers_local_processes(monkeypatch, env, processes):
+    """The deepspeed launcher sets LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE: either divides the cores."""
+    from cats_ds.train import local_processes
+    for name in ("LOCAL_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert local_processes() == processes

@@ -173,6 +173,35 @@ def _check_complete(root: Path, split: str, direction: Direction, files: _Direct
         raise CorpusError(f"{have}: its fairseq partner {missing} is missing")
 
 
+# a name like a split's data file with another case or separator (Train.de-en.tsv, train-de-en.tsv)
+_LIKE_A_SPLIT_FILE = re.compile(r"(train|valid|test)[^a-z]", re.IGNORECASE)
+
+
+def unread_files(root: Path, splits: Sequence[str] = ("train", "valid", "test")) -> list[tuple[Path, str]]:
+    """The files in ``root`` a run would not read, each with why, for a warning: a run reads the
+    splits' files of the directions that have train data, and the manifest. A file named like a
+    split's data but not in the expected form is an error instead: it would lose a direction."""
+    root = Path(root)
+    scanned = {split: _scan(root, split) for split in splits}
+    trained = set(scanned.get("train", {}))
+    read, unread = {root / MANIFEST_NAME}, []
+    for split, found in scanned.items():
+        for direction, files in found.items():
+            paths = [path for path in (files.tsv, *files.sides.values()) if path is not None]
+            if direction in trained:
+                read.update(paths)
+            else:
+                unread += [(path, f"no train data for {direction.name}") for path in paths]
+    for path in sorted(root.iterdir()):
+        if path in read or path.name.startswith(".") or any(path == item for item, _ in unread):
+            continue
+        if _LIKE_A_SPLIT_FILE.match(path.name):
+            raise CorpusError(f"{path}: named like corpus data but not in the expected form, so it would not be "
+                              f"read; expected {_expected_names('train')} (likewise valid., test.)")
+        unread.append((path, "not a corpus file"))
+    return sorted(unread)
+
+
 def find_directions(root: Path, split: str) -> list[Direction]:
     """The directions that have `split` data in `root`, sorted."""
     return sorted(_scan(Path(root), split))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from cats_ds.data import bible
-from cats_ds.data.corpus import Bitext, Direction, find_directions, read_split
+from cats_ds.data.corpus import Bitext, Direction, find_directions, read_split, unread_files
 from cats_ds.data.tasks import (
     Encoded,
     TaskData,
@@ -121,6 +121,7 @@ def prepare(config: DataConfig, threads: int = DEFAULT_THREADS,
     if pretrained is not None:
         root = root.with_name(f"{root.name}-{tokenizer_digest(pretrained)[:12]}")
     corpus_dir = _materialize_corpus(config, root / "corpus")
+    _warn_unread(corpus_dir)
     directions = find_directions(corpus_dir, "train")
     valid_text = read_split(corpus_dir, "valid", directions)
     test_text = read_split(corpus_dir, "test", directions)
@@ -194,6 +195,14 @@ def _max_len(config: DataConfig, encoded: dict[Direction, Encoded]) -> int:
         log.info("data.max_len_auto: max_len %d tokens: every direction keeps %.0f%% of its train pairs (the "
                  "longest at that share: %s, %d tokens)", chosen, 100 * AUTO_MAX_LEN_KEEP, longest, limits[longest])
     return min(chosen, config.max_len)
+
+
+def _warn_unread(corpus_dir: Path) -> None:
+    """Every file of the corpus directory is read or reported."""
+    unread = unread_files(corpus_dir)
+    if unread:
+        log.warning("%s: %d files are not read: %s", corpus_dir, len(unread),
+                    "; ".join(f"{path.name} ({why})" for path, why in unread))
 
 
 def _warn_dropped(config: DataConfig, train: list[TaskData]) -> None:

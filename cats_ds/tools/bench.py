@@ -64,7 +64,7 @@ from cats_ds.cats.variants import VARIANTS
 from cats_ds.config import CONFIG_DIR, RunConfig, load_config
 from cats_ds.data.sampler import LanguageSyncSampler, temperature_probs
 from cats_ds.data.tasks import TaskData
-from cats_ds.model import (ModelConfig, build_hf_config, build_model, count_parameters, load_pretrained_config,
+from cats_ds.model import (ModelConfig, build_hf_config, build_model, count_parameters, fit_max_len, load_pretrained_config,
                            pretrained_dimensions)
 from cats_ds.engine import build_engine
 from cats_ds.tools.sizes import training_flops
@@ -234,14 +234,17 @@ def stage_config(args: argparse.Namespace, overrides: list[str]) -> RunConfig:
 def setup(args: argparse.Namespace, config: RunConfig) -> tuple[list[TaskData], object, float]:
     """Synthetic tasks, the model and the mean sequence length. With model.pretrained, the
     checkpoint's architecture and vocabulary, randomly initialized: timing needs no weights."""
+    max_len = config.data.max_len
     if config.model.pretrained:
         from transformers import AutoModelForSeq2SeqLM
         torch.manual_seed(config.train.seed)
-        model = AutoModelForSeq2SeqLM.from_config(load_pretrained_config(config.model, config.data.max_len))
+        hf_config = load_pretrained_config(config.model, max_len, config.data.max_len_auto)
+        max_len = fit_max_len(max_len, hf_config)
+        model = AutoModelForSeq2SeqLM.from_config(hf_config)
     else:
-        model = build_model(build_hf_config(config.model, config.data.vocab_size, config.data.max_len + 2, PAD, 0,
-                                            EOS), config.train.seed)
-    tasks = synthetic_tasks(args.tasks, model.config.vocab_size, config.data.max_len, seed=1)
+        model = build_model(build_hf_config(config.model, config.data.vocab_size, max_len + 2, PAD, 0, EOS),
+                            config.train.seed)
+    tasks = synthetic_tasks(args.tasks, model.config.vocab_size, max_len, seed=1)
     seq_len = float(np.mean(np.concatenate([t.src_lengths() for t in tasks])))
     return tasks, model, seq_len
 

@@ -1,6 +1,6 @@
 """Finished runs side by side: steps, dev loss, BLEU per group and the lowest share of distinct outputs.
 
-    python -m cats_ds.tools.compare RUN_DIR [RUN_DIR ...] [--label NAME ...] [--out FILE.md]
+    python -m cats_ds.tools.compare RUN_DIR [RUN_DIR ...] [--label NAME ...] [--out TABLE_FILE]
 
 One markdown row per run, from its metrics.jsonl (the steps trained) and results.json (the
 evaluated checkpoint's step, dev loss and test scores): the table for "from scratch against
