@@ -91,5 +91,5 @@ def export_main(argv: list[str] | None = None) -> None:
     data = trained.load_data(config)
     model = trained.load_model(source, config, data.tokenizer)
     save_export(model, data.tokenizer, args.out, config.eval.beam, decoding_limit(config),
-                [direction.tgt for direction in data.test])
+                list(data.test))
     print(f"exported {source.checkpoint} to {args.out}")

@@ -23,16 +23,21 @@ as ``generate(forced_bos_token_id=...)``. README's "Pretrained models" has the s
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import deepspeed
 
 from cats_ds import distributed
+from cats_ds.data.corpus import Direction
 from cats_ds.families import TranslationTokenizer
+
+DIRECTIONS_FILE = "cats_ds_directions.json"   # the run's trained directions
 
 
 def export_model(engine, tokenizer: TranslationTokenizer, out_dir: Path, beam: int, max_new_tokens: int,
-                 target_languages: list[str]) -> None:
+                 directions: list[Direction]) -> None:
     """Writes ``out_dir`` (see the module docstring); all ranks must call it.
 
     Under ZeRO-3 the parameters are gathered to every rank first; rank 0 writes.
@@ -42,19 +47,35 @@ def export_model(engine, tokenizer: TranslationTokenizer, out_dir: Path, beam: i
     gather = engine.zero_optimization_stage() == 3
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=gather):
         if distributed.rank() == 0:
-            save_export(engine.module, tokenizer, out_dir, beam, max_new_tokens, target_languages)
+            save_export(engine.module, tokenizer, out_dir, beam, max_new_tokens, directions)
     distributed.barrier()
 
 
 def save_export(module, tokenizer: TranslationTokenizer, out_dir: Path, beam: int, max_new_tokens: int,
-                target_languages: list[str]) -> None:
-    """Writes ``out_dir`` from a whole (not partitioned) model, in this process alone."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+                directions: list[Direction]) -> None:
+    """Writes ``out_dir`` from a whole (not partitioned) model, in this process alone; ``directions``
+    are the ones the run trained (DIRECTIONS_FILE, read by cats_ds.translate to warn about others).
+    Written into ``out_dir.partial`` and renamed into place when complete: an export cut short
+    leaves the previous one (or none), never a directory that fails to load."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)      # left by an export that was cut short
+    partial.mkdir(parents=True)
+    _write_export(module, tokenizer, partial, beam, max_new_tokens, directions)
+    previous = out_dir.with_name(out_dir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    partial.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _write_export(module, tokenizer: TranslationTokenizer, out_dir: Path, beam: int, max_new_tokens: int,
+                  directions: list[Direction]) -> None:
     config = module.config
     module.generation_config.update(num_beams=beam, do_sample=False, max_new_tokens=max_new_tokens,
                                     decoder_start_token_id=config.decoder_start_token_id,
                                     eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
-    forced = {lang: tokenizer.forced_bos_id(lang) for lang in sorted(set(target_languages))}
+    forced = {lang: tokenizer.forced_bos_id(lang) for lang in sorted({direction.tgt for direction in directions})}
     forced = {lang: token for lang, token in forced.items() if token is not None}
     if len(forced) == 1:
         module.generation_config.forced_bos_token_id = next(iter(forced.values()))
@@ -62,6 +83,14 @@ def save_export(module, tokenizer: TranslationTokenizer, out_dir: Path, beam: in
         module.generation_config.forced_bos_token_ids = forced
     module.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    pairs = sorted([direction.src, direction.tgt] for direction in directions)
+    (out_dir / DIRECTIONS_FILE).write_text(json.dumps({"directions": pairs}) + "\n")
+
+
+def trained_directions(export_dir: Path) -> list[tuple[str, str]] | None:
+    """The (source, target) languages an export's run trained, None for an export without the record."""
+    path = Path(export_dir) / DIRECTIONS_FILE
+    return [tuple(pair) for pair in json.loads(path.read_text())["directions"]] if path.is_file() else None
 
 
 def decoding_limit(config) -> int:

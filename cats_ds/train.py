@@ -378,7 +378,7 @@ def finish(run: Run, data: pipeline.PreparedData, run_dir: Path, checkpoints: Pa
         print("\n" + write_results(run_dir, results, hypotheses, low_dirs), flush=True)
     if config.train.export:
         export_model(run.engine, data.tokenizer, run_dir / "export", config.eval.beam, decoding_limit(config),
-                     [direction.tgt for direction in data.test])
+                     list(data.test))
     return results
 
 

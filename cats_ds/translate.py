@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cats_ds import placement, pretrained
 from cats_ds.evaluate import EvalConfig, decode_batch
+from cats_ds.export import trained_directions
 from cats_ds.families import LanguageCodeError, TranslationTokenizer
 
 
@@ -29,6 +30,18 @@ def translate_lines(model, tokenizer: TranslationTokenizer, lines: list[str], sr
         outputs.extend(decode_batch(model, tokenizer, lines[start:start + config.batch_sentences], src_lang,
                                     tgt_lang, config.beam, config.max_len_ratio))
     return outputs
+
+
+def warn_untrained(model_dir: Path, src: str, tgt: str) -> None:
+    """One line on stderr when the export's run never trained this target (or, given --src, this
+    direction): the output is then whatever the model does with a tag it never learnt."""
+    trained = trained_directions(model_dir)
+    if trained is None:
+        return
+    if tgt not in {target for _, target in trained} or (src and (src, tgt) not in trained):
+        names = ", ".join(f"{source}-{target}" for source, target in trained)
+        print(f"warning: {model_dir} was trained on {names}, not on {src or 'any source'} into {tgt}: "
+              "expect poor output", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = pretrained.load_tokenizer(str(args.model_dir), hf_config, languages=languages)
         from transformers import AutoModelForSeq2SeqLM
         model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir).to(args.device).eval()
+        warn_untrained(args.model_dir, args.src, args.tgt)
         lines = [line.rstrip("\n") for line in sys.stdin]
         for output in translate_lines(model, tokenizer, lines, args.src, args.tgt, config):
             print(output)

@@ -3,6 +3,7 @@ the ids each family lays out against transformers' own tokenizer, and the refusa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GPT2Config, GPT2L
 
 from cats_ds import pretrained
 from cats_ds.config import ConfigError, load_config
+from cats_ds.data.corpus import Direction
+from cats_ds.export import save_export
 from cats_ds.families import LanguageCodeError
 from cats_ds.families.nllb import ISO_TO_FLORES, NLLB
 from cats_ds.model import ModelConfig, fit_max_len, load_pretrained_config
@@ -181,3 +184,25 @@ def test_corpus_files_may_be_named_in_the_model_codes(tmp_path: Path, models) ->
     direction = next(d for d in bitexts if d.src == "fra_Latn")
     assert ours.encode_source_batch(bitexts[direction].src, direction.src, direction.tgt)[0][0] == \
         ours.hf.convert_tokens_to_ids("fra_Latn")
+
+
+def test_an_export_cut_short_leaves_the_previous_one_whole(models, tmp_path, monkeypatch) -> None:
+    """The export is written beside its directory and renamed into place (issue 29 part 5: a
+    half-written export failed to load with safetensors' or sentencepiece's errors)."""
+    hf_config = pretrained.load_config(str(models["nllb"]))
+    tokenizer = pretrained.load_tokenizer(str(models["nllb"]), hf_config)
+    model = AutoModelForSeq2SeqLM.from_pretrained(models["nllb"])
+    out, directions = tmp_path / "export", [Direction("fr", "en")]
+    save_export(model, tokenizer, out, 1, 20, directions)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def cut_short(directory):
+        raise OSError("killed while writing the tokenizer")
+    monkeypatch.setattr(tokenizer, "save_pretrained", cut_short)
+    with pytest.raises(OSError, match="killed"):
+        save_export(model, tokenizer, out, 2, 20, directions)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    monkeypatch.undo()
+    save_export(model, tokenizer, out, 2, 20, directions)
+    assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]     # no leftovers

@@ -83,6 +83,12 @@ def test_exported_model_translates_from_stdin(trained):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
+    assert "warning" not in result.stderr
+    # a target the run never trained: translated, with one warning line naming what it trained
+    untrained = subprocess.run([sys.executable, "-m", "cats_ds.translate", str(export), "--tgt", "de"],
+                               input="eht thgil edam\n", text=True, capture_output=True, cwd=REPO, timeout=300)
+    assert untrained.returncode == 0 and len(untrained.stdout.splitlines()) == 1, untrained.stderr
+    assert f"warning: {export} was trained on de-en, es-en, fr-en, not on any source into de" in untrained.stderr
 
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(workspace):
