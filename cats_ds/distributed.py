@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,32 @@ import torch
 from cats_ds import placement
 
 
+# a torch extension build takes a minute or two; a lock older than this was left by a killed one
+STALE_LOCK_SECONDS = 15 * 60
+
+
+class StaleBuildLock(RuntimeError):
+    """A lock file that a killed build of a torch extension left: every later start waits on it."""
+
+
+def refuse_stale_build_locks(now: float | None = None) -> None:
+    """torch builds DeepSpeed's extensions (the CPU shared-memory all-reduce, fused optimizers)
+    under a lock file that it removes when the build ends; a process killed mid-build leaves it,
+    and every later start then waits on it forever. Such a lock is refused, naming the file."""
+    from torch.utils.cpp_extension import get_default_build_root
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    now = time.time() if now is None else now
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+        age = now - lock.stat().st_mtime
+        if age > STALE_LOCK_SECONDS:
+            raise StaleBuildLock(f"{lock}: left by a build of a torch extension that did not finish "
+                                 f"({age / 60:.0f} minutes old); every start would wait on it: remove it "
+                                 "(no build is running) and start again")
+
+
 def init() -> None:
     """Initializes the process group; a single plain process gets a world of one."""
+    refuse_stale_build_locks()
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -51,6 +76,11 @@ def shutdown() -> None:
 
 def rank() -> int:
     return dist.get_rank()
+
+
+def launch_rank() -> int:
+    """This process's rank, also before the process group exists: the launcher's RANK (0 alone)."""
+    return rank() if torch.distributed.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:

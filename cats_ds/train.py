@@ -232,20 +232,20 @@ def parse_args(argv: list[str] | None) -> RunConfig:
 
 # refusals and bad input (config keys, corpus files, tokenizer settings, checkpoints' settings,
 # a busy run directory): one line from rank 0, not a traceback from every rank
-REFUSALS = (ValueError, rundir.RunDirectoryBusy, BibleSourceError)
+REFUSALS = (ValueError, rundir.RunDirectoryBusy, BibleSourceError, distributed.StaleBuildLock)
 TRACEBACK_ENV = "CATS_DS_TRACEBACK"   # =1: raise them with their traceback instead
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    distributed.init()
     try:
+        distributed.init()
         with rundir.owned(config.train.run_dir):
             return train(config)
     except REFUSALS as error:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
-        if distributed.rank() == 0:
+        if distributed.launch_rank() == 0:
             print(f"error: {error} (run with {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     finally:

@@ -227,3 +227,22 @@ def test_threads_are_shared_among_the_launchers_local_processes(monkeypatch, env
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert local_processes() == processes
+
+
+def test_a_lock_left_by_a_killed_extension_build_is_named_instead_of_waited_on(tmp_path, monkeypatch):
+    """torch's build lock outlives a process killed mid-build, and every later start waited on it."""
+    from cats_ds import distributed
+    lock = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    distributed.refuse_stale_build_locks()                      # fresh: a build may be running
+    old = lock.stat().st_mtime - distributed.STALE_LOCK_SECONDS - 60
+    os.utime(lock, (old, old))
+    with pytest.raises(distributed.StaleBuildLock, match=str(lock)):
+        distributed.refuse_stale_build_locks()
+    # the trainer says so in one line before anything else
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "train.run_dir=" + str(tmp_path / "run")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path)})
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith(f"error: {lock}: left by a build")
