@@ -266,6 +266,7 @@ def train(config: RunConfig) -> dict:
         config.data.max_len = fit_max_len(config.data.max_len, pretrained_config)
 
     data = prepare_data(config, pretrained_config and load_pretrained_tokenizer(config.model, pretrained_config))
+    CATSHook.check_settings(config, data.valid)   # what the hook would refuse, before the model is built
     tokenizer = data.tokenizer
     ds_config = run_ds_config(config)
     model = make_model(config.model, pretrained_config, tokenizer, config.data.max_len, config.train.seed,

@@ -246,3 +246,15 @@ def test_a_lock_left_by_a_killed_extension_build_is_named_instead_of_waited_on(t
                             cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path)})
     assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith(f"error: {lock}: left by a build")
+
+
+def test_a_cats_setting_the_data_make_impossible_is_refused_before_the_model_is_built(workspace):
+    """A meta batch larger than a dev set depends on the tokenized data, so the config loader cannot
+    see it; it used to fail only once the model and engine were built (issue 29 part 4)."""
+    root, corpus, cache = workspace
+    config = write_config(root / "meta.yaml", corpus, root / "meta", cache, cats={"meta_tokens_per_task": 100000})
+    result = subprocess.run([sys.executable, "-m", "cats_ds.train", "--config", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 2
+    assert "error: cats.meta_tokens_per_task=100000 is more than task" in result.stderr.splitlines()[-1]
+    assert "model:" not in result.stdout and not (root / "meta" / "config.yaml").exists()

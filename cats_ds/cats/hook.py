@@ -24,7 +24,7 @@ import torch
 
 from cats_ds import distributed, placement
 from cats_ds.cats.hessian import curvature_matrix
-from cats_ds.cats.scaler import MEAN_GRADIENT_PARAMETERIZATIONS, TaskScaler
+from cats_ds.cats.scaler import MEAN_GRADIENT_PARAMETERIZATIONS, TaskScaler, check_alpha_min
 from cats_ds.cats.statistics import all_finite, mean_gradient_matrix, mean_gradient_statistics, scales_from_weights
 from cats_ds.cats.surgery import GradientSurgery
 from cats_ds.cats.zero import PartitionGradients, PartitionParameters, TaskGradientBuffers
@@ -49,6 +49,17 @@ class CATSHook:
     meta: dict | None = None                     # this step's dev meta pass, if one ran
     curvature_s: float = float("nan")            # seconds the last M took (its cost per update, logged)
 
+    @staticmethod
+    def check_settings(config, valid_tasks: list[TaskData]) -> None:
+        """What the hook refuses for these tasks (the floor on alpha, meta batches larger than a
+        dev set), checkable before the model and engine exist: the trainer calls it right after
+        preparing the data, so a bad setting fails in seconds, naming its key."""
+        if not config.cats.enabled or config.cats.method != "cats":
+            return
+        check_alpha_min(config.cats.alpha_min, len(valid_tasks))
+        if config.cats.meta_source == "dev":
+            check_dev_sets(valid_tasks, config.cats.meta_tokens_per_task)
+
     @classmethod
     def build(cls, config, engine, valid_tasks: list[TaskData], pad_id: int, decoder_start_id: int,
               sampling_probs: np.ndarray) -> CATSHook | None:
@@ -56,6 +67,7 @@ class CATSHook:
         (``cats.parameterization: weights`` or ``softmax``) start at the sampling distribution."""
         if not config.cats.enabled:
             return None
+        cls.check_settings(config, valid_tasks)
         num_tasks = len(valid_tasks)
         if config.cats.method == "cats":
             weights = config.cats.parameterization in MEAN_GRADIENT_PARAMETERIZATIONS
@@ -65,7 +77,6 @@ class CATSHook:
         buffers = TaskGradientBuffers(PartitionGradients(engine), num_tasks, BUFFER_DTYPES[config.cats.buffer_dtype])
         dev_sampler = None
         if config.cats.meta_source == "dev" and config.cats.method == "cats":
-            check_dev_sets(valid_tasks, config.cats.meta_tokens_per_task)
             uniform = np.full(num_tasks, 1.0 / num_tasks)
             dev_sampler = LanguageSyncSampler([t.lengths() for t in valid_tasks], uniform,
                                               config.cats.meta_tokens_per_task * num_tasks,

@@ -298,6 +298,13 @@ def _masked_ema(average: torch.Tensor | None, value: torch.Tensor, mask: torch.T
     return torch.where(mask, blended, average)
 
 
+def check_alpha_min(alpha_min: float, num_tasks: int) -> None:
+    """The floor must leave the simplex non-empty: alpha_min * num_tasks <= 1."""
+    if alpha_min * num_tasks > 1.0 + _FEASIBILITY_TOL:
+        raise ValueError(f"cats.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}] with {num_tasks} "
+                         f"tasks, got {alpha_min!r}")
+
+
 class TaskScaler:
     """Holds alpha and lambda for N tasks and updates them from per-step Gram matrices.
 
@@ -310,9 +317,7 @@ class TaskScaler:
     def __init__(self, config: CATSConfig, num_tasks: int, initial: ArrayLike | None = None) -> None:
         if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
             raise ValueError(f"TaskScaler: num_tasks must be an integer >= 1, got {num_tasks!r}")
-        if config.alpha_min * num_tasks > 1.0 + _FEASIBILITY_TOL:
-            raise ValueError(
-                f"cats.alpha_min must be in [0, 1/num_tasks] = [0, {1.0 / num_tasks}], got {config.alpha_min!r}")
+        check_alpha_min(config.alpha_min, num_tasks)
         self.config = config
         self.num_tasks = num_tasks
         self._gain = float(num_tasks) if config.parameterization == "scales" else 1.0   # s = gain * alpha
