@@ -16,9 +16,9 @@ A save is a commit: every rank writes into ``TAG.partial``; rank 0 then writes t
 the previous checkpoint complete and named by ``latest``. Resume verifies the manifest; a
 checkpoint with a missing, truncated or altered file is reported and skipped in favour of the
 newest older one that verifies, and set aside (renamed ``TAG.corrupt``) so that reaching its
-step again writes fresh state; so is every checkpoint newer than the one resumed from that fails.
-A save never adopts a directory it did not write (or resume from). Rank 0 reads every rank's files, so multi-node runs need a
-shared file system (as DeepSpeed's own checkpoints do).
+step again writes fresh state; so is every checkpoint newer than the one resumed from that
+fails. A save never adopts a directory it did not write (or resume from). Rank 0 reads every
+rank's files, so multi-node runs need a shared file system (as DeepSpeed's own checkpoints do).
 
 The client state carries everything else a run needs to continue exactly: the step, every
 rank's sampler position and RNG state (gathered, so any rank can restore its own), the CATS

@@ -285,7 +285,8 @@ def test_unrecognised_corpus_files_are_refused_by_name_with_the_expected_pattern
         read_split(tmp_path, split)
 
 
-@pytest.mark.parametrize("name", ["train-de-en.tsv", "train_de-en.tsv", "Train.de-en.tsv", "VALID.de-en.tsv"])
+@pytest.mark.parametrize("name", ["train-de-en.tsv", "train_de-en.tsv", "Train.de-en.tsv", "VALID.de-en.tsv",
+                                  "train_fra_Latn-eng_Latn.tsv"])
 def test_files_named_like_data_in_another_form_are_refused_not_dropped(tmp_path: Path, name: str) -> None:
     """A direction in a file whose name differs from split.SRC-TGT only in case or separator would
     silently not be trained on (issue 29 part 3)."""
@@ -302,7 +303,9 @@ def test_every_file_not_read_is_reported_with_why(tmp_path: Path) -> None:
         write_bytes(tmp_path / f"{split}.fr-en.tsv", b"a\tb\n")
     write_bytes(tmp_path / "valid.de-en.tsv", b"a\tb\n")    # no train data for de-en
     write_bytes(tmp_path / "README.md", b"notes")
+    write_bytes(tmp_path / "test_notes.txt", b"notes")       # starts like a split, is no data file
     write_bytes(tmp_path / "manifest.json", b"{}")
     write_bytes(tmp_path / ".train.it-en.tsv.tmp1", b"a\tb\n")   # hidden: a write in progress
     assert unread_files(tmp_path) == [(tmp_path / "README.md", "not a corpus file"),
+                                      (tmp_path / "test_notes.txt", "not a corpus file"),
                                       (tmp_path / "valid.de-en.tsv", "no train data for de-en")]

@@ -173,8 +173,10 @@ def _check_complete(root: Path, split: str, direction: Direction, files: _Direct
         raise CorpusError(f"{have}: its fairseq partner {missing} is missing")
 
 
-# a name like a split's data file with another case or separator (Train.de-en.tsv, train-de-en.tsv)
-_LIKE_A_SPLIT_FILE = re.compile(r"(train|valid|test)[^a-z]", re.IGNORECASE)
+# a name like a split's data file with another case or separator (Train.de-en.tsv, train-de-en.tsv,
+# train_fra_Latn-eng_Latn.tsv), not any file that starts with "test"
+_LIKE_A_SPLIT_FILE = re.compile(r"(train|valid|test)[^a-z0-9]+[a-z]{2,3}(_[a-z]{4})?[-_][a-z]{2,3}",
+                                re.IGNORECASE)
 
 
 def unread_files(root: Path, splits: Sequence[str] = ("train", "valid", "test")) -> list[tuple[Path, str]]:
@@ -192,8 +194,9 @@ def unread_files(root: Path, splits: Sequence[str] = ("train", "valid", "test"))
                 read.update(paths)
             else:
                 unread += [(path, f"no train data for {direction.name}") for path in paths]
+    listed = {path for path, _ in unread}
     for path in sorted(root.iterdir()):
-        if path in read or path.name.startswith(".") or any(path == item for item, _ in unread):
+        if path in read or path in listed or path.name.startswith("."):
             continue
         if _LIKE_A_SPLIT_FILE.match(path.name):
             raise CorpusError(f"{path}: named like corpus data but not in the expected form, so it would not be "
