@@ -14,13 +14,19 @@ translates here as it did in the run's results table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from cats_ds import placement, pretrained
-from cats_ds.evaluate import EvalConfig, decode_batch
-from cats_ds.export import trained_directions
-from cats_ds.families import LanguageCodeError, TranslationTokenizer
+# stdout holds the translations only: DeepSpeed's logger (bound to the stdout of its import)
+# announces the accelerator it picked there; imported here first, it is bound to stderr
+with contextlib.redirect_stdout(sys.stderr):
+    import deepspeed  # noqa: F401,E402
+
+from cats_ds import placement, pretrained  # noqa: E402
+from cats_ds.evaluate import EvalConfig, decode_batch  # noqa: E402
+from cats_ds.export import trained_directions  # noqa: E402
+from cats_ds.families import LanguageCodeError, TranslationTokenizer  # noqa: E402
 
 
 def translate_lines(model, tokenizer: TranslationTokenizer, lines: list[str], src_lang: str, tgt_lang: str,
