@@ -14,17 +14,12 @@ test targets whose text, reduced to lower-case words, is a training target of an
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from cats_ds.data.bible import english_key   # lower-case words: the same sentence whatever its punctuation
 from cats_ds.data.corpus import Bitext, Direction, read_split
-
-
-def text_key(text: str) -> str:
-    """The text reduced to lower-case words: the same sentence whatever its punctuation or case."""
-    return " ".join(re.findall(r"\w+", text.casefold()))
 
 
 @dataclass(frozen=True)
@@ -37,10 +32,10 @@ class Overlap:
 
 def overlaps(train: dict[Direction, Bitext], test: dict[Direction, Bitext]) -> list[Overlap]:
     train_pairs = {(src, tgt) for bitext in train.values() for src, tgt in zip(bitext.src, bitext.tgt)}
-    train_targets = {text_key(tgt) for bitext in train.values() for tgt in bitext.tgt}
+    train_targets = {english_key(tgt) for bitext in train.values() for tgt in bitext.tgt}
     return [Overlap(direction, len(bitext),
                     sum((src, tgt) in train_pairs for src, tgt in zip(bitext.src, bitext.tgt)),
-                    sum(text_key(tgt) in train_targets for tgt in bitext.tgt))
+                    sum(english_key(tgt) in train_targets for tgt in bitext.tgt))
             for direction, bitext in sorted(test.items())]
 
 
